@@ -1,0 +1,5 @@
+"""Allow ``python -m relearn_local``."""
+
+from .cli import main
+
+main()
