@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml
 		echo "no CUDA GPU: installing the CPU build of torch $(TORCH_CPU_VERSION)"; \
 		$(BIN)/python -m pip install --quiet torch==$(TORCH_CPU_VERSION); \
 	fi
+	@# The sdist is kept even when llama_cpp is already importable: export takes
+	@# llama.cpp's GGUF converter from it, matching the installed version.
+	@test -f $(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz || { \
+		mkdir -p $(SDIST_DIR) && \
+		$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+			llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(SDIST_DIR); }
 	@if ! $(BIN)/python -c "import llama_cpp" >/dev/null 2>&1; then \
 		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 6 minutes)"; \
-		mkdir -p $(SDIST_DIR); \
-		$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
-			llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(SDIST_DIR); \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
 			$(SDIST_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz; \
 	fi

@@ -132,10 +132,10 @@ def embedded_gguf_path(progress: ProgressCallback | None = None) -> Path:
 
 
 def _resolve_gguf(path: Path, need_hf: bool, progress: ProgressCallback | None) -> ResolvedModel:
-    architecture = read_gguf_architecture(path)
+    architecture, vocabulary = read_gguf_family_hints(path)
     digest = sha256_file(path)
     resolved = ResolvedModel(
-        spec=str(path), kind="gguf", family=family_for(architecture, _gguf_vocabulary_sample(path)),
+        spec=str(path), kind="gguf", family=family_for(architecture, vocabulary),
         gguf_path=path.resolve(), digest=digest, details={"architecture": architecture},
     )
     if need_hf:
@@ -143,30 +143,21 @@ def _resolve_gguf(path: Path, need_hf: bool, progress: ProgressCallback | None) 
     return resolved
 
 
+# Special tokens that tell chat families apart when the architecture alone does not.
+_FAMILY_TOKENS = ("<|eot_id|>", "<start_of_turn>", "<|im_end|>")
+
+
 def read_gguf_architecture(path: Path) -> str | None:
-    try:
-        from gguf import GGUFReader
-    except ImportError:  # pragma: no cover - gguf is a dependency
-        return None
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # the reader raises bare ValueError/struct errors on corrupt files
-        raise ModelError(f"{path}: is not a readable GGUF file ({exc})") from exc
-    field = reader.get_field("general.architecture")
-    if field is None:
-        return None
-    return field.contents()
+    """Return ``general.architecture`` from a GGUF header, or None when the key is absent."""
+    return read_gguf_family_hints(path)[0]
 
 
-def _gguf_vocabulary_sample(path: Path) -> set[str]:
-    """Return the few special tokens that decide the chat family."""
-    from gguf import GGUFReader
+def read_gguf_family_hints(path: Path) -> tuple[str | None, set[str]]:
+    """Return the architecture and which family-specific special tokens the vocabulary contains."""
+    from .gguf_header import read_gguf_metadata
 
-    field = GGUFReader(str(path)).get_field("tokenizer.ggml.tokens")
-    if field is None:
-        return set()
-    wanted = {"<|eot_id|>", "<start_of_turn>", "<|im_end|>"}
-    return {token for token in field.contents() if token in wanted}
+    metadata = read_gguf_metadata(path, ["general.architecture"], token_probe=_FAMILY_TOKENS)
+    return metadata.get("general.architecture"), metadata.get("tokenizer.ggml.tokens") or set()
 
 
 def _resolve_hf_folder(path: Path) -> ResolvedModel:

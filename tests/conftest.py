@@ -84,6 +84,10 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=32,
+        # Released Gemma 3 checkpoints (all but 27B) scale attention by
+        # 1/sqrt(head_dim); llama.cpp assumes that, so a GGUF of this model
+        # computes the same function.
+        query_pre_attn_scalar=32,
         max_position_embeddings=1024,
         sliding_window=128,
         pad_token_id=tiny_tokenizer.pad_token_id,

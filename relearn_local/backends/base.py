@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
+from ..errors import BackendError
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -67,3 +69,49 @@ class GenerationBackend(Protocol):
     def close(self) -> None:
         """Release the model or connections."""
         ...
+
+
+# Errors every backend raises the same way, so that callers can react without
+# knowing which backend runs. All are BackendError, so the CLI reports them as
+# one line when they escape a stage.
+
+
+class BackendUnavailableError(BackendError):
+    """The server could not be reached or kept failing (connection refused, 5xx) after the retries."""
+
+
+class BackendTimeoutError(BackendError):
+    """A request ran past its per-request timeout on every try."""
+
+
+class ContextOverflowError(BackendError):
+    """The prompt plus the output-token limit does not fit the model's context window.
+
+    ``needed`` and ``limit`` are token counts (``needed`` may be an estimate),
+    so that a caller can split its input and ask again.
+    """
+
+    def __init__(self, message: str, needed: int, limit: int):
+        super().__init__(message)
+        self.needed = needed
+        self.limit = limit
+
+
+class ModelNotFoundError(BackendError):
+    """Named models are missing on the backend; ``missing`` lists them and ``hint`` is the command that fetches them."""
+
+    def __init__(self, message: str, missing: Sequence[str], hint: str = ""):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.hint = hint
+
+
+def check_backend(backend: GenerationBackend) -> None:
+    """Run the backend's own readiness check (server reachable, model present) when it has one.
+
+    ``check`` is optional so that backends without anything to verify need
+    not define it; it raises BackendError (or a subclass) when not ready.
+    """
+    check = getattr(backend, "check", None)
+    if callable(check):
+        check()

@@ -1,0 +1,253 @@
+"""``run_export``: preflight, merge, convert, quantize, fix and check the GGUF, write the Modelfile, parity, Ollama."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .. import __version__
+from ..progress import ProgressCallback, report
+from ..runs import RunFolder, atomic_write_json, atomic_write_text, utc_now
+from .config import ExportConfig
+from .converter_input import stage_converter_input
+from .convert import run_converter
+from .gguf_checks import finalize_gguf
+from .gguf_metadata import GgufReport
+from .merge import MergeCheck, MergeOutcome, merge_adapter
+from .modelfile import ModelfileSpec, render_modelfile
+from .ollama_create import OllamaCreateResult, create_ollama_model, ollama_host
+from .parity import ParityReport, run_parity
+from .preflight import CHECK_QUESTIONS, ExportPlan, plan_export
+from .quantize import quantize_gguf
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "export_summary.json"
+LOG_DIR = "logs"
+_TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:([\w.]+),\s+torch\.")
+
+
+@dataclass
+class ExportResult:
+    """Paths, checks and timings of an export; a dry run carries only the plan."""
+
+    plan: ExportPlan
+    dry_run: bool
+    create_command: str
+    run_command: str
+    gguf_path: Optional[Path] = None
+    adapter_gguf_path: Optional[Path] = None
+    modelfile_path: Optional[Path] = None
+    merged_dir: Optional[Path] = None
+    summary_path: Optional[Path] = None
+    merge_check: Optional[MergeCheck] = None
+    gguf: Optional[GgufReport] = None
+    parity: Optional[ParityReport] = None
+    ollama: Optional[OllamaCreateResult] = None
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return self.plan.out
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+
+def run_export(config: ExportConfig, progress: Optional[ProgressCallback] = None,
+               on_plan: Optional[Callable[[ExportPlan], None]] = None) -> ExportResult:
+    """Export an adapter as an Ollama-ready GGUF with its Modelfile; see the package docstring for the steps.
+
+    ``on_plan`` receives the plan after the preflight checks, before any heavy step.
+    """
+    plan = plan_export(config, fetch=not config.dry_run)
+    if on_plan is not None:
+        on_plan(plan)
+    create_command = f"ollama create {shlex.quote(plan.name)} -f {shlex.quote(str(plan.modelfile_path))}"
+    result = ExportResult(plan, config.dry_run, create_command, f"ollama run {shlex.quote(plan.name)}",
+                          notes=list(plan.notes))
+    if config.dry_run:
+        return result
+    folder = RunFolder(plan.out, "export")
+    folder.prepare(force=config.force, resumable=True)
+    with folder:
+        folder.attach_log()
+        folder.write_config(config)
+        folder.write_manifest(
+            inputs={"adapter": plan.adapter_dir, "forget": config.forget},
+            base_model=plan.base.describe(),
+            extra={"converter": plan.converter.describe(), "plan": dict(plan.rows())},
+        )
+        for label, value in plan.rows():
+            logger.info("plan: %s: %s", label, value)
+        try:
+            _execute(plan, config, result, progress)
+        finally:
+            _remove_scratch(plan)
+        folder.mark_complete(gguf=str(result.gguf_path), parity_passed=bool(result.parity and result.parity.passed))
+    return result
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@contextmanager
+def _timed(result: ExportResult, step: str) -> Iterator[None]:
+    """Record a step's wall time and its CPU time (this process and its converter subprocesses)."""
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    try:
+        yield
+    finally:
+        result.timings[step] = {"wall": round(time.perf_counter() - started, 2),
+                                "cpu": round(_cpu_seconds() - cpu_started, 2)}
+
+
+def _execute(plan: ExportPlan, config: ExportConfig, result: ExportResult,
+             progress: Optional[ProgressCallback]) -> None:
+    with _timed(result, "merge"):
+        outcome = merge_adapter(
+            Path(plan.base.hf_path), plan.adapter_dir, plan.chat_format, config.merge_dtype,
+            plan.questions[:CHECK_QUESTIONS], plan.questions[:config.parity_questions], config.parity_tokens,
+            plan.merged_dir if plan.mode == "merged" else None, plan.base_record, progress,
+        )
+    result.merge_check, result.merged_dir = outcome.check, outcome.merged_dir
+    source_dir = outcome.merged_dir if plan.mode == "merged" else Path(plan.base.hf_path)
+    _convert_and_quantize(plan, result, outcome, source_dir, progress)
+    spec = _modelfile_spec(plan, config, result)
+    text = render_modelfile(spec)
+    atomic_write_text(plan.modelfile_path, text)
+    result.modelfile_path = plan.modelfile_path
+    with _timed(result, "parity"):
+        report(progress, "parity", 0, 1, "parity check with llama.cpp")
+        result.parity = run_parity(
+            plan.gguf_path, text, outcome.answers, [answer.prompt_ids for answer in outcome.answers],
+            outcome.expectations, plan.chat_format, plan.quant, config.parity_tokens, result.adapter_gguf_path,
+        )
+        report(progress, "parity", 1, 1, f"parity {result.parity.verdict().split(' ')[0]}", done=True)
+    # Written before the Ollama step too, so a failed upload still leaves the summary of what was built.
+    result.summary_path = _write_summary(plan, config, result, outcome)
+    if config.ollama_create:
+        with _timed(result, "ollama_create"):
+            result.ollama = create_ollama_model(
+                ollama_host(config.ollama_host), plan.name, plan.gguf_path, spec.template, spec.parameters(),
+                system=config.system, adapter_path=result.adapter_gguf_path, timeout=config.ollama_timeout,
+                on_step=lambda text: report(progress, "ollama", 0, None, text),
+            )
+        report(progress, "ollama", 1, 1, f"Ollama lists {result.ollama.listed_as}", done=True)
+        _write_summary(plan, config, result, outcome)
+
+
+def _convert_and_quantize(plan: ExportPlan, result: ExportResult, outcome: MergeOutcome, source_dir: Path,
+                          progress: Optional[ProgressCallback]) -> None:
+    log_path = plan.out / LOG_DIR / "convert.log"
+    intermediate = _scratch_paths(plan)["intermediate"]
+    with _timed(result, "convert"):
+        staged = stage_converter_input(source_dir, _scratch_paths(plan)["staging"], plan.chat_format)
+        if staged.wrote_sentencepiece_model:
+            result.notes.append("wrote a SentencePiece tokenizer.model from tokenizer.json for the converter")
+        counter = {"tensors": 0}
+
+        def on_line(line: str) -> None:
+            match = _TENSOR_LINE.match(line)
+            if match:
+                counter["tensors"] += 1
+                report(progress, "convert", counter["tensors"], None, f"converting {match.group(1)}")
+
+        report(progress, "convert", 0, None, "converting to GGUF with llama.cpp's converter")
+        run_converter(plan.converter, [str(staged.folder), "--outfile", str(intermediate), "--outtype", "f16",
+                                       "--model-name", plan.name], log_path, on_line)
+        if plan.mode == "adapter":
+            report(progress, "convert", counter["tensors"], None, "converting the LoRA adapter")
+            run_converter(plan.converter, ["--base", str(staged.folder), "--outfile", str(plan.adapter_gguf_path),
+                                           "--outtype", "f16", str(plan.adapter_dir)], log_path,
+                          script=plan.converter.lora_script)
+            result.adapter_gguf_path = plan.adapter_gguf_path
+        report(progress, "convert", counter["tensors"], counter["tensors"],
+               f"converted {counter['tensors']} tensors to GGUF", done=True)
+    source = intermediate
+    if plan.quant.llama_ftype is not None:
+        with _timed(result, "quantize"):
+            report(progress, "quantize", 0, 1, f"quantizing to {plan.quant.name}")
+            quantized = _scratch_paths(plan)["quantized"]
+            quantize_gguf(intermediate, quantized, plan.quant, plan.out / LOG_DIR / "quantize.log")
+            intermediate.unlink()
+            source = quantized
+            report(progress, "quantize", 1, 1, f"quantized to {plan.quant.name}", done=True)
+    with _timed(result, "finalize"):
+        report(progress, "finalize", 0, 1, "setting and checking the GGUF's serving metadata")
+        finalized = finalize_gguf(source, plan.gguf_path, outcome.expectations)
+        result.gguf, result.gguf_path = finalized.report, plan.gguf_path
+        if finalized.changed_keys or finalized.changed_token_types:
+            result.notes.append(f"set {', '.join(finalized.changed_keys) or 'no keys'} and "
+                                f"{finalized.changed_token_types} token types in the GGUF")
+        report(progress, "finalize", 1, 1, "checked the GGUF's serving metadata", done=True)
+
+
+def _scratch_paths(plan: ExportPlan) -> dict[str, Path]:
+    return {
+        "staging": plan.out / ".converter-input",
+        "intermediate": plan.out / f".{plan.file_stem}-convert-f16.gguf",
+        "quantized": plan.out / f".{plan.file_stem}-quantized.gguf",
+    }
+
+
+def _remove_scratch(plan: ExportPlan) -> None:
+    for path in _scratch_paths(plan).values():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _modelfile_spec(plan: ExportPlan, config: ExportConfig, result: ExportResult) -> ModelfileSpec:
+    return ModelfileSpec(
+        chat_format=plan.chat_format, name=plan.name, model_path=plan.gguf_path.resolve(),
+        adapter_path=result.adapter_gguf_path.resolve() if result.adapter_gguf_path else None,
+        system=config.system, num_ctx=config.num_ctx, temperature=config.temperature, top_k=config.top_k,
+        top_p=config.top_p,
+        header={"name": plan.name, "version": __version__, "base": plan.base_spec,
+                "adapter_source": str(plan.adapter_dir), "create_command": result.create_command},
+    )
+
+
+def _write_summary(plan: ExportPlan, config: ExportConfig, result: ExportResult, outcome: MergeOutcome) -> Path:
+    path = plan.out / SUMMARY_FILE
+    summary: dict[str, Any] = {
+        "created": utc_now(),
+        "name": plan.name,
+        "mode": plan.mode,
+        "quant": plan.quant.name,
+        "base": plan.base_spec,
+        "adapter": str(plan.adapter_dir),
+        "family": plan.chat_format.family,
+        "paths": {
+            "gguf": str(result.gguf_path), "adapter_gguf": str(result.adapter_gguf_path or "") or None,
+            "modelfile": str(result.modelfile_path), "merged": str(result.merged_dir or "") or None,
+        },
+        "sizes_bytes": {"gguf": result.gguf_path.stat().st_size if result.gguf_path else None},
+        "merge_check": {**outcome.check.__dict__, "passed": outcome.check.passed},
+        "gguf": result.gguf.as_dict() if result.gguf else None,
+        "serving_expectations": outcome.expectations.as_dict(),
+        "parity": result.parity.as_dict() if result.parity else None,
+        "ollama_created": result.ollama is not None,
+        "ollama": result.ollama.__dict__ if result.ollama else None,
+        "commands": {"create": result.create_command, "run": result.run_command},
+        "timings_seconds": result.timings,
+        "converter": plan.converter.describe(),
+        "questions_source": plan.questions_source,
+        "notes": result.notes,
+    }
+    atomic_write_json(path, summary)
+    return path

@@ -1,0 +1,232 @@
+"""report.md and its figures for a finished ``relearn-local run``.
+
+Everything is read back from the stage folders, so the report is the same
+whether a stage ran in this invocation or was reused from an earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..runs import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stages import PipelineResult, _Context
+
+REPORT_FILE = "report.md"
+METRICS_FIGURE = "metrics_before_after.png"
+LOSS_FIGURE = "loss_curve.png"
+
+# (label, SUMMARY.json key, higher is better)
+REPORT_METRICS = (
+    ("KFR (forget set)", "KFR", True),
+    ("KRR (retain set)", "KRR", True),
+    ("LS forget", "LS_F", True),
+    ("LS retain", "LS_R", True),
+    ("ROUGE-L recall forget", "RougeL_recall_F", False),
+    ("ROUGE-L recall retain", "RougeL_recall_R", True),
+    ("coverage forget", "coverage_F", True),
+    ("coverage retain", "coverage_R", True),
+)
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_report(context: "_Context") -> "PipelineResult":
+    """Write report.md, the before/after chart and the loss curve; return the pipeline result."""
+    from .stages import PipelineResult
+
+    out = context.folder.path
+    before = _read_json(context.sub("eval-before") / "SUMMARY.json")
+    after = _read_json(context.sub("eval-after") / "SUMMARY.json")
+    export = _read_json(context.sub("export") / "export_summary.json") or {}
+    augment = _read_json(context.sub("augment") / "summary.json") or {}
+    train = _read_json(context.sub("train") / "train_summary.json") or {}
+
+    figures = []
+    loss_source = context.sub("train") / LOSS_FIGURE
+    if loss_source.exists():
+        shutil.copyfile(loss_source, out / LOSS_FIGURE)
+        figures.append(out / LOSS_FIGURE)
+    if before and after:
+        from ..evaluate.compare import draw_chart
+
+        figures.append(draw_chart(before, after, "before unlearning", "after unlearning", out / METRICS_FIGURE))
+
+    paths = export.get("paths", {})
+    name = export.get("name") or ""
+    result = PipelineResult(
+        out=out,
+        report=out / REPORT_FILE,
+        stages=list(context.records),
+        base_model=context.run.base,
+        gguf=Path(paths["gguf"]) if paths.get("gguf") else None,
+        modelfile=Path(paths["modelfile"]) if paths.get("modelfile") else None,
+        create_command=export.get("commands", {}).get("create", "") or _create_command(name, paths),
+        run_command=export.get("commands", {}).get("run", "") or (f"ollama run {name}" if name else ""),
+        ollama_created=bool(export.get("ollama_created")),
+        before=before,
+        after=after,
+        figures=figures,
+        augment_complete=bool(augment.get("complete", True)),
+    )
+    text = _render(context, result, augment, train, export)
+    atomic_write_text(result.report, text)
+    return result
+
+
+def _create_command(name: str, paths: dict[str, Any]) -> str:
+    if not name or not paths.get("modelfile"):
+        return ""
+    import shlex
+
+    return f"ollama create {shlex.quote(name)} -f {shlex.quote(str(paths['modelfile']))}"
+
+
+def format_metric(value: Any) -> str:
+    if value is None:
+        return "N/A"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _render(context: "_Context", result: "PipelineResult", augment: dict[str, Any], train: dict[str, Any],
+            export: dict[str, Any]) -> str:
+    run = context.run
+    lines = [
+        "# relearn-local report",
+        "",
+        f"- Base model: `{run.base}`" + (" (facts injected first; see `inject/`)" if run.inject else ""),
+        f"- Forget set: `{run.forget}` ({_count(context.forget_path)} items used)",
+        f"- Retain set: `{run.retain}` ({_count(context.retain_path)} items used)",
+        f"- Run folder: `{result.out}`",
+        "",
+        "## Results",
+        "",
+    ]
+    lines += _metrics_table(result.before, result.after)
+    lines += _sources(result.after or result.before)
+    if (result.out / METRICS_FIGURE).exists():
+        lines += ["", f"![KFR, KRR and LS before and after]({METRICS_FIGURE})"]
+    lines += ["", "## Training", ""]
+    lines += _training_lines(augment, train)
+    if (result.out / LOSS_FIGURE).exists():
+        lines += ["", f"![Loss curve]({LOSS_FIGURE})"]
+    lines += ["", "## Answers before and after", ""]
+    lines += _examples(context, "forget", run.examples_in_report)
+    lines += _examples(context, "retain", run.examples_in_report)
+    lines += ["## Serve it with Ollama", ""]
+    lines += _serving_lines(result, export)
+    lines += ["", "## Stages", "", "| stage | status | wall time | process peak RSS |", "|---|---|---|---|"]
+    for record in result.stages:
+        peak = "" if record.peak_rss_mb is None else f"{record.peak_rss_mb:.0f} MB"
+        seconds = "" if record.status == "reused" else f"{record.seconds:.0f} s"
+        lines.append(f"| {record.name} | {record.status} | {seconds} | {peak} |")
+    lines += ["", "Peak RSS is the maximum of the whole `relearn-local run` process up to the end of each stage."]
+    return "\n".join(lines) + "\n"
+
+
+def _count(path: Path) -> int:
+    data = _read_json(path)
+    return len(data) if isinstance(data, list) else 0
+
+
+def _metrics_table(before: Optional[dict], after: Optional[dict]) -> list[str]:
+    lines = ["| metric | before unlearning | after unlearning |", "|---|---|---|"]
+    for label, key, _ in REPORT_METRICS:
+        lines.append(f"| {label} | {format_metric((before or {}).get(key))} | {format_metric((after or {}).get(key))} |")
+    lines += [
+        "",
+        "KFR is the share of forget items whose answer no longer carries the ground truth's facts; KRR the share "
+        "of retain items whose answer still does. LS (linguistic score) is the harmonic mean of 1/(1+perplexity), "
+        "1/(1+Brunet's index) and Honore's statistic/(1+itself); higher reads more fluently.",
+    ]
+    return lines
+
+
+def _sources(summary: Optional[dict]) -> list[str]:
+    if not summary:
+        return []
+    return [
+        "",
+        f"NLI source: {summary.get('nli_source', 'unknown')}; entities: {summary.get('entity_extractor', 'unknown')}"
+        f" matched with {summary.get('embedding_model', 'unknown')}; perplexity under "
+        f"`{summary.get('reference_model', 'unknown')}`.",
+    ]
+
+
+def _training_lines(augment: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    lines = []
+    if augment:
+        lines.append(
+            f"- Augmentation: {augment.get('records', 'N/A')} training records for "
+            f"{augment.get('items_with_accepted_answer', 'N/A')} of {augment.get('items', 'N/A')} forget items"
+            + ("" if augment.get("complete", True) else " (incomplete: see `augment/summary.json`)")
+        )
+        for warning in augment.get("warnings", []) or []:
+            lines.append(f"  - warning: {warning}")
+    if train:
+        final = train.get("final_metrics") or {}
+        lines.append(f"- Training: {train.get('steps', 'N/A')} optimizer steps; final " + ", ".join(
+            f"{key} {format_metric(value)}" for key, value in final.items() if isinstance(value, (int, float))
+        ))
+    return lines or ["(no training summary found)"]
+
+
+def _examples(context: "_Context", role: str, count: int) -> list[str]:
+    if count <= 0:
+        return []
+    before = _answers(context.sub("eval-before"), role)
+    after = _answers(context.sub("eval-after"), role)
+    if not after:
+        return []
+    lines = [f"### {role.capitalize()} set", ""]
+    for key in list(after)[:count]:
+        question, truth, answer_after = after[key]
+        answer_before = before.get(key, (None, None, "(not evaluated)"))[2]
+        lines += [
+            f"**Q:** {_inline(question)}",
+            "",
+            f"- ground truth: {_inline(truth)}",
+            f"- before: {_inline(answer_before)}",
+            f"- after: {_inline(answer_after)}",
+            "",
+        ]
+    return lines
+
+
+def _answers(folder: Path, role: str) -> dict[str, tuple[str, str, str]]:
+    document = _read_json(folder / "EVAL.json") or {}
+    by_index = (document.get(role) or {}).get("value_by_index") or {}
+    return {str(item.get("id")): (item.get("question", ""), item.get("ground_truth", ""), item.get("answer", ""))
+            for item in by_index.values()}
+
+
+def _inline(text: Optional[str], limit: int = 400) -> str:
+    flat = " ".join((text or "").split())
+    flat = flat.replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _serving_lines(result: "PipelineResult", export: dict[str, Any]) -> list[str]:
+    if not result.gguf:
+        return ["The export stage wrote no GGUF."]
+    lines = [f"- GGUF: `{result.gguf}`", f"- Modelfile: `{result.modelfile}`"]
+    parity = export.get("parity") or {}
+    if parity.get("verdict"):
+        lines.append(f"- GGUF parity with the merged model: {parity['verdict']}")
+    if result.ollama_created:
+        lines += ["", "The model was created in Ollama. Run it with:", "", f"    {result.run_command}"]
+    else:
+        lines += ["", "Ollama was not reachable from this run. On a machine with Ollama:", "",
+                  f"    {result.create_command}", f"    {result.run_command}"]
+    return lines
