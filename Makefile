@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/relearn-local run --forget examples/forget.json --retain examples/retain.json --out $(DEMO_OUT)
+	$(BIN)/relearn-local run --config examples/demo.yaml --forget examples/forget.json --retain examples/retain.json --out $(DEMO_OUT)
 
 # Runs every test, the few that load the real Gemma 3 270M included.
 test: $(STAMP)

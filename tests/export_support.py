@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -62,20 +61,16 @@ def converter(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def export_base_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    """The tiny Gemma 3 with query_pre_attn_scalar equal to head_dim, as in every released Gemma 3 but 27B.
+def export_base_dir(tiny_model_dir) -> Path:
+    """The tiny Gemma 3 base that export tests merge adapters into.
 
     llama.cpp scales Gemma 3 attention by 1/sqrt(head_dim) and ignores
-    query_pre_attn_scalar, so the shared fixture (head_dim 32, scalar 256)
-    computes differently there. This copy computes the same in both.
+    query_pre_attn_scalar; the shared fixture sets the two equal, so its GGUF
+    computes the same function as the HF model.
     """
-    folder = tmp_path_factory.mktemp("tiny-gemma3-llamacpp")
-    for item in tiny_model_dir.iterdir():
-        shutil.copy2(item, folder / item.name)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["query_pre_attn_scalar"] = config["head_dim"]
-    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return folder
+    config = json.loads((tiny_model_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["query_pre_attn_scalar"] == config["head_dim"], "the tiny fixture must match llama.cpp's scaling"
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,7 @@ class LlamaCppBackend:
         self.contexts = max(1, contexts)
         self._pool: list[Any] = []
         self._end_tokens: list[int] = []
+        self._turn_start_tokens: frozenset[int] = frozenset()
         self._add_bos = True
         self._lock = threading.RLock()
 
@@ -116,6 +117,7 @@ class LlamaCppBackend:
         llama = self._open_context()
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._end_tokens = self._stop_token_ids(llama)
+        self._turn_start_tokens = self._turn_start_token_ids(llama)
         return llama
 
     def _context_for(self, prompt: Sequence[int]) -> tuple[Any, int]:
@@ -143,6 +145,25 @@ class LlamaCppBackend:
             if len(tokens) == 1:
                 ids.add(tokens[0])
         return sorted(token for token in ids if token >= 0)
+
+    def _turn_start_token_ids(self, llama: Any) -> frozenset[int]:
+        """Return the tokens that open a turn (Gemma's <start_of_turn>, Llama 3's <|start_header_id|>).
+
+        llama.cpp detokenizes control tokens to empty text, so a base model
+        that starts a new turn would slip past the stop strings; generation
+        stops on these tokens instead.
+        """
+        ids = set()
+        for marker in (self.chat_format.user_start, self.chat_format.assistant_start, self.chat_format.system_start):
+            if marker:
+                tokens = llama.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+                plain = llama.tokenize(marker.encode("utf-8"), add_bos=False, special=False)
+                if tokens and tokens[0] not in plain:
+                    ids.add(tokens[0])
+        return frozenset(ids)
+
+    def _stops_at_turn_start(self, ids: Any, _logits: Any) -> bool:
+        return len(ids) > 0 and int(ids[-1]) in self._turn_start_tokens
 
     def encode_messages(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """Tokenize a chat prompt that ends where the reply begins, with exactly one BOS when the model uses one."""
@@ -219,7 +240,7 @@ class LlamaCppBackend:
             try:
                 output = llama.create_completion(
                     **arguments,
-                    stopping_criteria=StoppingCriteriaList([past_deadline]),
+                    stopping_criteria=StoppingCriteriaList([past_deadline, self._stops_at_turn_start]),
                     logits_processor=LogitsProcessorList([gate]) if gate else None,
                 )
             finally:
@@ -242,7 +263,7 @@ class LlamaCppBackend:
 
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Yield the reply in pieces; the model stays locked until the stream ends or is closed."""
-        from llama_cpp import LogitsProcessorList
+        from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
         with self._lock:
             prompt = self.encode_messages(request.messages)
@@ -252,6 +273,7 @@ class LlamaCppBackend:
             try:
                 pieces = llama.create_completion(
                     **arguments, stream=True, logits_processor=LogitsProcessorList([gate]) if gate else None,
+                    stopping_criteria=StoppingCriteriaList([self._stops_at_turn_start]),
                 )
                 for piece in pieces:
                     text = piece["choices"][0]["text"]

@@ -148,6 +148,13 @@ class RichProgress:
             self._progress.update(task_id, completed=event.total if event.total is not None else event.completed)
 
 
+def hide_transformers_bars() -> None:
+    """Turn off transformers' own tqdm bars (loading and writing weights), which would break the rich bars."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def _format_metric(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

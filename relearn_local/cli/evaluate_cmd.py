@@ -7,7 +7,16 @@ from typing import Any, Optional
 
 import click
 
-from .common import EXISTING_PATH, OUT_PATH, config_option, field_options, force_option, given_options, seed_option
+from .common import (
+    EXISTING_PATH,
+    OUT_PATH,
+    config_option,
+    field_options,
+    force_option,
+    given_options,
+    hide_transformers_bars,
+    seed_option,
+)
 
 EPILOG = """
 \b
@@ -104,6 +113,7 @@ def evaluate_command(ctx: click.Context, compare: Optional[tuple[Path, Path]], c
     config = build_config(EvaluateConfig, config_file, overrides, section="evaluate")
     if config.out is None:
         raise click.UsageError("pass --out DIR (or --compare RUN_A RUN_B)")
+    hide_transformers_bars()
     with RichProgress() as progress:
         result = run_evaluate(config, progress)
     _render(get_console(), result)

@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import click
 
-from .common import EXISTING_PATH, OUT_PATH, RichProgress, config_option, field_options, force_option, get_console
-from .common import given_options, seed_option
+from .common import (EXISTING_PATH, OUT_PATH, RichProgress, config_option, field_options, force_option,
+                     get_console, given_options, hide_transformers_bars, seed_option)
 
 EPILOG = """
 \b
@@ -58,8 +58,13 @@ def run_command(ctx: click.Context, config_file: Optional[Path], **_: Any) -> No
 
     resolved = load_run_config(config_file, given_options(ctx, CONFIG_OPTIONS))
     console = get_console(stderr=True)
-    with RichProgress() as progress:
-        result = run_pipeline(resolved, progress, on_stage=lambda name, status: _announce(console, name, status))
+    hide_transformers_bars()
+    try:
+        with RichProgress() as progress:
+            result = run_pipeline(resolved, progress, on_stage=lambda name, status: _announce(console, name, status))
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command again to continue at the stage where it stopped", err=True)
+        raise click.exceptions.Exit(130) from None
     _render(result)
 
 
@@ -84,7 +89,7 @@ def _render(result: Any) -> None:
     table.add_column("after", justify="right")
     from ..pipeline.report import REPORT_METRICS, format_metric
 
-    for label, key, _ in REPORT_METRICS[:4]:
+    for label, key in REPORT_METRICS[:4]:
         table.add_row(label, format_metric((result.before or {}).get(key)), format_metric((result.after or {}).get(key)))
     console.print(table)
     if not result.augment_complete:

@@ -153,13 +153,13 @@ def inject_command(ctx: click.Context, config_file: Path | None, **_: Any) -> No
 
 def _run_with_rendering(run: Callable[[Any, Any], Any], config: Any) -> Any:
     from ..train.loop import TrainingInterrupted
-    from .common import RichProgress, is_quiet
+    from .common import RichProgress, hide_transformers_bars, is_quiet
 
     def show_plan(plan: Any) -> None:
         if config.dry_run or not is_quiet():
             _render_plan(plan, dry_run=config.dry_run)
 
-    _hide_transformers_bars()
+    hide_transformers_bars()
     try:
         with RichProgress() as progress:
             return run(progress, show_plan)
@@ -170,13 +170,6 @@ def _run_with_rendering(run: Callable[[Any, Any], Any], config: Any) -> Any:
             err=True,
         )
         raise click.exceptions.Exit(130) from None
-
-
-def _hide_transformers_bars() -> None:
-    """Turn off transformers' own tqdm bars (loading and writing weights), which would break the rich bars."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
 
 
 def _render_plan(plan: Any, dry_run: bool) -> None:

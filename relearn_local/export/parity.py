@@ -75,11 +75,13 @@ class ParityReport:
     def verdict(self) -> str:
         if self.skipped is not None:
             return f"skipped: {self.skipped}"
-        rule = (f"first {self.compared_tokens} tokens identical for every question" if self.strict
-                else "first token identical for every question")
+        rule = (f"the first {self.compared_tokens} tokens must match for every question" if self.strict
+                else "the first token must match for every question")
         status = "passed" if self.passed else "FAILED"
-        return f"{status} ({rule}); {sum(i.matched for i in self.items)}/{len(self.items)} answers match " \
-               f"on the first {self.compared_tokens} tokens"
+        first_differs = sum(item.common_prefix < 1 for item in self.items)
+        detail = f"; the first token differs for {first_differs} of {len(self.items)}" if first_differs else ""
+        return (f"{status} ({self.quant}: {rule}{detail}); {sum(i.matched for i in self.items)}/{len(self.items)} "
+                f"answers match on the first {self.compared_tokens} tokens")
 
     def as_dict(self) -> dict[str, Any]:
         return {

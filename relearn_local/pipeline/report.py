@@ -20,16 +20,16 @@ REPORT_FILE = "report.md"
 METRICS_FIGURE = "metrics_before_after.png"
 LOSS_FIGURE = "loss_curve.png"
 
-# (label, SUMMARY.json key, higher is better)
+# (label, SUMMARY.json key) of each row in the before/after table.
 REPORT_METRICS = (
-    ("KFR (forget set)", "KFR", True),
-    ("KRR (retain set)", "KRR", True),
-    ("LS forget", "LS_F", True),
-    ("LS retain", "LS_R", True),
-    ("ROUGE-L recall forget", "RougeL_recall_F", False),
-    ("ROUGE-L recall retain", "RougeL_recall_R", True),
-    ("coverage forget", "coverage_F", True),
-    ("coverage retain", "coverage_R", True),
+    ("KFR (forget set)", "KFR"),
+    ("KRR (retain set)", "KRR"),
+    ("LS forget", "LS_F"),
+    ("LS retain", "LS_R"),
+    ("ROUGE-L recall forget", "RougeL_recall_F"),
+    ("ROUGE-L recall retain", "RougeL_recall_R"),
+    ("coverage forget", "coverage_F"),
+    ("coverage retain", "coverage_R"),
 )
 
 
@@ -142,7 +142,7 @@ def _count(path: Path) -> int:
 
 def _metrics_table(before: Optional[dict], after: Optional[dict]) -> list[str]:
     lines = ["| metric | before unlearning | after unlearning |", "|---|---|---|"]
-    for label, key, _ in REPORT_METRICS:
+    for label, key in REPORT_METRICS:
         lines.append(f"| {label} | {format_metric((before or {}).get(key))} | {format_metric((after or {}).get(key))} |")
     lines += [
         "",
@@ -175,10 +175,11 @@ def _training_lines(augment: dict[str, Any], train: dict[str, Any]) -> list[str]
         for warning in augment.get("warnings", []) or []:
             lines.append(f"  - warning: {warning}")
     if train:
-        final = train.get("final_metrics") or {}
-        lines.append(f"- Training: {train.get('steps', 'N/A')} optimizer steps; final " + ", ".join(
-            f"{key} {format_metric(value)}" for key, value in final.items() if isinstance(value, (int, float))
-        ))
+        final = train.get("final") or {}
+        shown = ", ".join(f"{key} {format_metric(final[key])}" for key in ("forget_ce", "retain_ce", "kl", "loss")
+                          if isinstance(final.get(key), (int, float)))
+        lines.append(f"- Training: {train.get('steps', 'N/A')} optimizer steps in {format_metric(train.get('seconds'))} s"
+                     + (f"; last step: {shown}" if shown else ""))
     return lines or ["(no training summary found)"]
 
 

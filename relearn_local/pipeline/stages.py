@@ -1,7 +1,7 @@
 """``relearn-local run``: inject (optional), evaluate before, augment, train, export, evaluate after, report.
 
 Each stage writes into its own subfolder of the run folder. A stage whose
-subfolder holds a finished run is reused, so a stopped run continues at the
+subfolder contains a finished run is reused, so a stopped run continues at the
 stage where it stopped; an unfinished stage resumes as that stage allows
 (augment from its reply cache, train from its last checkpoint, evaluate from
 its partial answers).
@@ -34,7 +34,7 @@ STAGE_ORDER = ("inject", "eval-before", "augment", "train", "export", "eval-afte
 
 @dataclass
 class StageRecord:
-    """What one stage did in this invocation: ran, reused a finished result, or was skipped."""
+    """One stage of this invocation: its folder, whether it ran or reused a finished result, and its cost."""
 
     name: str
     folder: Path
