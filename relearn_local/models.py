@@ -7,6 +7,8 @@ dequantized once into an HF checkpoint under ``$RELEARN_HOME`` and reused.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -272,9 +274,13 @@ def convert_gguf_to_hf(gguf_path: Path, digest: str, progress: ProgressCallback 
     except ImportError as exc:
         raise ModelError("converting a GGUF for training needs torch and transformers") from exc
     folder, name = str(gguf_path.parent), gguf_path.name
+    # transformers draws a tqdm bar for the GGUF tensors that its progress-bar
+    # switch does not turn off. When a rich bar is on screen, that bar is hidden.
+    hidden = contextlib.redirect_stderr(io.StringIO()) if progress is not None else contextlib.nullcontext()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with hidden:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, OSError, KeyError) as exc:
         raise ModelError(f"transformers cannot load {gguf_path} ({exc}); convert it to an HF folder first") from exc
     report(progress, "convert", 1, 3, "preparing the checkpoint")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from export_support import (FORGET, converter, export_base_dir, tiny_adapter, tiny_export_f16,  # noqa: F401
+from export_support import (FORGET, converter, export_base_dir, export_tiny, tiny_adapter, tiny_export_f16,  # noqa: F401
                             tiny_export_q8)
 from relearn_local.chat_formats import encode_example, encode_prompt, get_chat_format
 from relearn_local.errors import ExportError
@@ -128,6 +128,17 @@ def test_f16_parity_is_exact(tiny_export_f16):
     for item in parity.items:
         assert item.prompt_matches_training
         assert item.gguf_tokens[:8] == item.reference_tokens[:8]
+
+
+def test_relative_out_folder_converts(tmp_path_factory, tiny_adapter, converter, monkeypatch):
+    # The converter runs in a scratch folder, so a relative --out (as `make demo`
+    # passes) must reach it as an absolute path.
+    workdir = tmp_path_factory.mktemp("relative-out")
+    monkeypatch.chdir(workdir)
+    result = export_tiny(tmp_path_factory, tiny_adapter, "f16", out=Path("runs") / "export")
+    written = workdir / "runs" / "export" / result.gguf_path.name
+    assert written.is_file()
+    assert result.parity.passed, result.parity.verdict()
 
 
 # Metadata editing and checks ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ..errors import ExportError
 from ..models import relearn_home
@@ -257,10 +257,15 @@ def converter_environment(converter: Converter) -> dict[str, str]:
     return environment
 
 
-def run_converter(converter: Converter, arguments: list[str], log_path: Path,
+def run_converter(converter: Converter, arguments: list[Union[str, Path]], log_path: Path,
                   on_line: Optional[Callable[[str], None]] = None, script: Optional[Path] = None) -> None:
-    """Run a converter script with ``arguments``; its output goes to ``log_path``; raise ExportError on failure."""
-    command = [sys.executable, str(script or converter.script), *arguments]
+    """Run a converter script with ``arguments`` and log its output to ``log_path``.
+
+    Path arguments are made absolute, because the script runs in a scratch folder.
+    Raises ExportError when the script fails.
+    """
+    command = [sys.executable, str(script or converter.script)]
+    command += [os.path.abspath(item) if isinstance(item, Path) else item for item in arguments]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=8)
     with log_path.open("a", encoding="utf-8") as log, tempfile.TemporaryDirectory() as scratch:

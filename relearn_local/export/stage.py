@@ -166,12 +166,12 @@ def _convert_and_quantize(plan: ExportPlan, result: ExportResult, outcome: Merge
                 report(progress, "convert", counter["tensors"], None, f"converting {match.group(1)}")
 
         report(progress, "convert", 0, None, "converting to GGUF with llama.cpp's converter")
-        run_converter(plan.converter, [str(staged.folder), "--outfile", str(intermediate), "--outtype", "f16",
+        run_converter(plan.converter, [staged.folder, "--outfile", intermediate, "--outtype", "f16",
                                        "--model-name", plan.name], log_path, on_line)
         if plan.mode == "adapter":
             report(progress, "convert", counter["tensors"], None, "converting the LoRA adapter")
-            run_converter(plan.converter, ["--base", str(staged.folder), "--outfile", str(plan.adapter_gguf_path),
-                                           "--outtype", "f16", str(plan.adapter_dir)], log_path,
+            run_converter(plan.converter, ["--base", staged.folder, "--outfile", plan.adapter_gguf_path,
+                                           "--outtype", "f16", plan.adapter_dir], log_path,
                           script=plan.converter.lora_script)
             result.adapter_gguf_path = plan.adapter_gguf_path
         report(progress, "convert", counter["tensors"], counter["tensors"],
