@@ -127,6 +127,9 @@ def test_pipeline_stops_then_resumes_and_reports(tmp_path, tiny_model_dir, fake_
     assert statuses == {"inject": "reused", "eval-before": "reused", "augment": "reused", "train": "reused",
                         "export": "ran", "eval-after": "ran"}
     assert len(fake_ollama.chat_bodies) == chat_requests
+    train_record = next(record for record in result.stages if record.name == "train")
+    assert train_record.seconds > 0
+    assert train_record.peak_rss_mb is not None
     assert result.gguf is not None and result.gguf.exists()
     assert result.modelfile is not None and result.modelfile.exists()
     assert result.before is not None and result.after is not None
@@ -134,6 +137,7 @@ def test_pipeline_stops_then_resumes_and_reports(tmp_path, tiny_model_dir, fake_
         assert 0.0 <= result.after[key] <= 1.0
     report = result.report.read_text(encoding="utf-8")
     assert "| KFR (forget set) |" in report
+    assert "s (earlier run) |" in report
     assert "ollama create" in report
     assert "ollama run" in report
     assert "![Loss curve](loss_curve.png)" in report

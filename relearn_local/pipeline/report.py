@@ -129,9 +129,12 @@ def _render(context: "_Context", result: "PipelineResult", augment: dict[str, An
     lines += ["", "## Stages", "", "| stage | status | wall time | process peak RSS |", "|---|---|---|---|"]
     for record in result.stages:
         peak = "" if record.peak_rss_mb is None else f"{record.peak_rss_mb:.0f} MB"
-        seconds = "" if record.status == "reused" else f"{record.seconds:.0f} s"
+        seconds = f"{record.seconds:.0f} s" if record.seconds else ""
+        if seconds and record.status == "reused":
+            seconds += " (earlier run)"
         lines.append(f"| {record.name} | {record.status} | {seconds} | {peak} |")
-    lines += ["", "Peak RSS is the maximum of the whole `relearn-local run` process up to the end of each stage."]
+    lines += ["", "Peak RSS is the maximum of the whole `relearn-local run` process up to the end of each stage; "
+              "a stage reused from an earlier run shows the figures measured then."]
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +181,9 @@ def _training_lines(augment: dict[str, Any], train: dict[str, Any]) -> list[str]
         final = train.get("final") or {}
         shown = ", ".join(f"{key} {format_metric(final[key])}" for key in ("forget_ce", "retain_ce", "kl", "loss")
                           if isinstance(final.get(key), (int, float)))
-        lines.append(f"- Training: {train.get('steps', 'N/A')} optimizer steps in {format_metric(train.get('seconds'))} s"
+        seconds = train.get("seconds")
+        duration = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "N/A"
+        lines.append(f"- Training: {train.get('steps', 'N/A')} optimizer steps in {duration}"
                      + (f"; last step: {shown}" if shown else ""))
     return lines or ["(no training summary found)"]
 

@@ -76,6 +76,7 @@ class _Context:
     base: str
     records: list[StageRecord] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    earlier: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def run(self):
@@ -98,7 +99,8 @@ def run_pipeline(resolved: ResolvedRunConfig, progress: Optional[ProgressCallbac
         folder.write_manifest(inputs={"forget": run.forget, "retain": run.retain,
                                       "forget_used": forget_path, "retain_used": retain_path},
                               base_model={"spec": run.base})
-        context = _Context(resolved, folder, forget_path, retain_path, progress, _ollama_wanted(run), run.base)
+        context = _Context(resolved, folder, forget_path, retain_path, progress, _ollama_wanted(run), run.base,
+                           earlier=_earlier_costs(folder) if resuming else {})
         if resuming:
             logger.info("resuming the run in %s", folder.path)
         steps = _planned_steps(run)
@@ -135,7 +137,10 @@ def _run_stage(context: _Context, name: str, function: Callable[[_Context, Path]
     if state is not None and state.get("status") == STATUS_COMPLETE:
         logger.info("stage %s: reusing the finished run in %s", name, stage_dir)
         context.results[name] = _load_finished(context, name, stage_dir)
-        return StageRecord(name, stage_dir, "reused", note="finished earlier; reused")
+        # The cost measured when the stage ran is kept, so the report of a resumed run still shows it.
+        earlier = context.earlier.get(name, {})
+        return StageRecord(name, stage_dir, "reused", float(earlier.get("seconds") or 0.0), earlier.get("peak_rss_mb"),
+                           note="finished earlier; reused")
     started = time.perf_counter()
     logger.info("stage %s: starting in %s", name, stage_dir)
     context.results[name] = function(context, stage_dir)
@@ -207,6 +212,18 @@ def _ollama_wanted(run) -> bool:
     if responds:
         logger.info("Ollama responds; augment uses it and export creates the model there")
     return responds
+
+
+def _earlier_costs(folder: RunFolder) -> dict[str, dict[str, Any]]:
+    """Return the wall time and peak RSS that an earlier invocation recorded for each stage."""
+    try:
+        data = json.loads(folder.file(PIPELINE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, list):
+        return {}
+    return {entry["name"]: entry for entry in stages if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
 
 
 def _write_pipeline_state(folder: RunFolder, records: list[StageRecord]) -> None:
