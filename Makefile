@@ -45,8 +45,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# A finished demo is not run again: the target points at its report instead.
 demo: $(STAMP)
-	$(BIN)/relearn-local run --config examples/demo.yaml --forget examples/forget.json --retain examples/retain.json --out $(DEMO_OUT)
+	@if grep -qs '"status": "complete"' $(DEMO_OUT)/state.json; then \
+		echo "The demo in $(DEMO_OUT) has finished: its report is $(DEMO_OUT)/report.md"; \
+		echo "To run it again, delete $(DEMO_OUT) or pass another folder: make demo DEMO_OUT=runs/demo2"; \
+	else \
+		$(BIN)/relearn-local run --config examples/demo.yaml --forget examples/forget.json \
+			--retain examples/retain.json --out $(DEMO_OUT); \
+	fi
 
 # Runs every test, the few that load the real Gemma 3 270M included.
 test: $(STAMP)

@@ -171,7 +171,8 @@ class RunFolder:
                 )
             if state.get("status") == STATUS_COMPLETE and not force:
                 raise RunFolderError(
-                    f"{self.path} holds a finished {self.stage} run; pass --force to overwrite it or choose another --out"
+                    f"{self.path} holds the finished output of 'relearn-local {self.stage}'; "
+                    "pass --force to overwrite it or choose another --out"
                 )
             if force:
                 self._clear()
@@ -261,9 +262,23 @@ class RunFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None and not self.is_complete:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            reason = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+            self._log_failure(reason, None if interrupted else (exc_type, exc, tb))
             try:
                 self.mark_failed(reason)
             except OSError:
                 logger.exception("could not record the failure in %s", self.file(STATE_FILE))
         self.detach_log()
+
+    def _log_failure(self, reason: str, exc_info: Any) -> None:
+        """Write the failure, with its traceback, to run.log only.
+
+        The console already shows the one-line error, so the record bypasses
+        the console handlers.
+        """
+        if self._log_handler is None:
+            return
+        record = logging.LogRecord(logger.name, logging.ERROR, __file__, 0, "%s run failed: %s",
+                                   (self.stage, reason), exc_info)
+        self._log_handler.handle(record)

@@ -115,6 +115,41 @@ def test_failure_marks_state(tmp_path):
     assert "boom" in folder.read_state()["reason"]
 
 
+def test_failure_written_to_run_log(tmp_path, capsys):
+    folder = RunFolder(tmp_path / "run", "export")
+    with pytest.raises(RuntimeError):
+        with folder:
+            folder.prepare()
+            folder.attach_log()
+            raise RuntimeError("converter exploded")
+    log = (tmp_path / "run" / "run.log").read_text(encoding="utf-8")
+    assert "export run failed: RuntimeError: converter exploded" in log
+    assert "Traceback" in log
+    assert "converter exploded" not in capsys.readouterr().err
+
+
+def test_interrupt_written_to_run_log(tmp_path):
+    folder = RunFolder(tmp_path / "run", "train")
+    with pytest.raises(KeyboardInterrupt):
+        with folder:
+            folder.prepare()
+            folder.attach_log()
+            raise KeyboardInterrupt
+    log = (tmp_path / "run" / "run.log").read_text(encoding="utf-8")
+    assert "train run failed: interrupted" in log
+    assert "Traceback" not in log
+
+
+def test_finished_run_message_names_command(tmp_path):
+    folder = RunFolder(tmp_path / "run", "run")
+    folder.prepare()
+    folder.mark_complete()
+    with pytest.raises(RunFolderError) as caught:
+        RunFolder(tmp_path / "run", "run").prepare()
+    assert "finished output of 'relearn-local run'" in str(caught.value)
+    assert "run run" not in str(caught.value)
+
+
 def test_manifest_hashes_inputs(tmp_path):
     data = tmp_path / "forget.json"
     data.write_text("[]")

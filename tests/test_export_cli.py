@@ -74,6 +74,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_adapter, converte
     for label in ("base model", "chat format", "output type", "converter", "free disk"):
         assert label in result.output
     assert "q4_k_m" in result.output
+    assert "parity check 3" in " ".join(result.output.split())
     assert "nothing was written" in result.output
     assert not (tmp_path / "out").exists()
 

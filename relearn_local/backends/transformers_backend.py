@@ -131,8 +131,11 @@ class TransformersBackend:
             from peft import PeftModel
         except ImportError as exc:  # pragma: no cover - peft is a dependency
             raise ModelError("loading an adapter needs the 'peft' package") from exc
+        from ..train.backends import quiet_peft_warnings
+
         try:
-            wrapped = PeftModel.from_pretrained(model, str(self.adapter))
+            with quiet_peft_warnings():
+                wrapped = PeftModel.from_pretrained(model, str(self.adapter))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(
                 f"the adapter {self.adapter} does not load on {self.resolved.hf_path} ({exc}); "

@@ -15,7 +15,7 @@ EPILOG = """
 Examples:
   relearn-local run --forget examples/forget.json --retain examples/retain.json --out runs/demo --inject
   relearn-local run --forget forget.json --retain retain.json --base ./my-hf-model --out runs/mine --name my-unlearned
-  relearn-local run --config examples/demo.yaml --out runs/demo   # stage sections tune each stage
+  relearn-local run --config examples/demo.yaml --forget examples/forget.json --retain examples/retain.json --out runs/demo
 
 \b
 Stages, each in a subfolder of --out: inject (with --inject), eval-before,
@@ -94,11 +94,12 @@ def _render(result: Any) -> None:
     console.print(table)
     if not result.augment_complete:
         console.print("[yellow]augmentation was incomplete; see augment/summary.json[/yellow]")
-    console.print(f"Report: {result.report}")
+    # Paths and shell commands are printed unwrapped, so they can be copied from a narrow terminal or a log.
+    console.print(f"Report: {result.report}", soft_wrap=True)
     if result.ollama_created:
-        console.print(f"Serve it: {result.run_command}")
+        console.print(f"Serve it: {result.run_command}", soft_wrap=True)
     elif result.create_command:
-        console.print(f"On a machine with Ollama: {result.create_command} && {result.run_command}")
+        console.print(f"On a machine with Ollama: {result.create_command} && {result.run_command}", soft_wrap=True)
 
 
 COMMANDS = [run_command]

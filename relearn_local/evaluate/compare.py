@@ -152,7 +152,8 @@ def draw_chart(summary_a: dict[str, Any], summary_b: dict[str, Any], name_a: str
     axes.set_ylim(0, 1.3)
     axes.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axes.set_ylabel("score (0-1)")
-    axes.set_title("KFR: higher = more forgotten;  KRR, LS: higher is better")
+    axes.set_title("KFR: higher = more forgotten;  KRR, LS: higher is better;  ROUGE-L forget: lower is better",
+                   fontsize=10)
     axes.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
     axes.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()

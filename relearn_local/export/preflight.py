@@ -72,6 +72,7 @@ class ExportPlan:
     free_bytes: int
     out: Path
     notes: list[str] = field(default_factory=list)
+    parity_questions: int = 0
 
     @property
     def file_stem(self) -> str:
@@ -103,7 +104,9 @@ class ExportPlan:
             ("mode", self.mode),
             ("output type", f"{self.quant.name}: {self.quant.description}"),
             ("converter", f"{self.converter.source} ({self.converter.root})"),
-            ("check questions", f"{len(self.questions)} from {self.questions_source}"),
+            ("check questions", f"{len(self.questions)} from {self.questions_source}: the merge check answers "
+                                f"{min(CHECK_QUESTIONS, len(self.questions))}, the GGUF parity check "
+                                f"{min(self.parity_questions, len(self.questions))}"),
             ("outputs", f"{self.out} (about {human_bytes(sum(self.sizes.values()))} while running, "
                         f"{human_bytes(self.sizes['final'] + self.sizes.get('merged', 0))} kept)"),
             ("free disk", human_bytes(self.free_bytes)),
@@ -153,7 +156,7 @@ def plan_export(config: ExportConfig, fetch: bool = True) -> ExportPlan:
         )
     return ExportPlan(adapter_dir, run_dir, spec, base, _base_record(spec, base, family, adapter_dir), chat_format,
                       architecture, config.name or f"relearned-{family}", quant, mode, converter, parameters,
-                      questions, source, sizes, free, out, notes)
+                      questions, source, sizes, free, out, notes, parity_questions=config.parity_questions)
 
 
 def _resolve_base(config: ExportConfig, adapter_dir: Path) -> tuple[str, ResolvedModel, str, list[str]]:

@@ -38,21 +38,27 @@ def draw_loss_curve(metrics: Sequence[dict[str, Any]], path: Path, title: str,
     losses_axis.set_ylabel("loss (nats per token)")
     losses_axis.set_title(title)
     losses_axis.grid(alpha=0.3)
-    losses_axis.legend(loc="upper right")
     _mark_epochs(metrics, losses_axis)
+    losses_axis.legend(loc="best", fontsize=8)
 
     kl_values = [row.get("kl") for row in metrics]
     if any(value is not None for value in kl_values):
         kl_axis.plot(steps, [float("nan") if value is None else value for value in kl_values], color="tab:purple",
                      label="KL(reference || model)")
         kl_axis.set_ylabel("KL (nats)")
-        kl_axis.legend(loc="upper left")
     else:
         kl_axis.set_yticks([])
     rate_axis = kl_axis.twinx()
     rate_axis.plot(steps, [row.get("lr") for row in metrics], color="tab:gray", linestyle=":", label="learning rate")
     rate_axis.set_ylabel("learning rate")
-    rate_axis.legend(loc="upper right")
+    # One legend above the lower panel, outside the plot, so it never hides a KL peak.
+    handles, labels = [], []
+    for axis in (kl_axis, rate_axis):
+        axis_handles, axis_labels = axis.get_legend_handles_labels()
+        handles += axis_handles
+        labels += axis_labels
+    kl_axis.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(labels), fontsize=8,
+                   frameon=False)
     kl_axis.set_xlabel("optimizer step")
     kl_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     kl_axis.grid(alpha=0.3)
@@ -67,5 +73,7 @@ def _mark_epochs(metrics: Sequence[dict[str, Any]], axis: Any) -> None:
     for row in metrics:
         epoch = int(row.get("epoch", 0) - 1e-9) if row.get("epoch") else 0
         if previous is not None and epoch != previous:
-            axis.axvline(row["step"] - 0.5, color="0.8", linewidth=0.8)
+            labelled = any(line.get_label() == "epoch boundary" for line in axis.get_lines())
+            axis.axvline(row["step"] - 0.5, color="0.8", linewidth=0.8,
+                         label="_nolegend_" if labelled else "epoch boundary")
         previous = epoch
