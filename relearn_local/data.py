@@ -58,7 +58,13 @@ class Problem:
     message: str
     fatal: bool = True
 
-    def describe(self, path: Path | str) -> str:
+    def describe(self, path: Path | str | None = None) -> str:
+        """Format the problem as one line, prefixed with ``path`` when given.
+
+        Leave ``path`` out where the file is already named, such as in a per-file table.
+        """
+        if path is None:
+            return self.message if self.record == 0 else f"record {self.record}: {self.message}"
         where = f"{path}" if self.record == 0 else f"{path}, record {self.record}"
         return f"{where}: {self.message}"
 
@@ -106,7 +112,13 @@ class LengthStats:
 
 @dataclass
 class InspectReport:
-    """What ``relearn-local inspect`` prints for one file."""
+    """Findings about one file, as ``relearn-local inspect`` prints them.
+
+    Lengths and duplicate counts cover only the ``pair_count`` records that
+    gave a question/answer pair, so they stay available when other records
+    have errors. ``problems`` lists errors before warnings, each group by
+    record number.
+    """
 
     path: Path
     format: str | None
@@ -115,13 +127,22 @@ class InspectReport:
     answer_field: str | None
     question_lengths: LengthStats | None
     answer_lengths: LengthStats | None
+    # Records that repeat the question and answer of an earlier record exactly.
     duplicate_pairs: int
+    # Records that repeat the question of an earlier record, whatever their
+    # answer, so this count includes ``duplicate_pairs``.
     duplicate_questions: int
     problems: list[Problem]
+    pair_count: int = 0
 
     @property
     def usable(self) -> bool:
         return self.record_count > 0 and not any(problem.fatal for problem in self.problems)
+
+    @property
+    def conflicting_repeats(self) -> int:
+        """Records that repeat the question of an earlier record with a different answer."""
+        return self.duplicate_questions - self.duplicate_pairs
 
 
 class _FileLevelError(Exception):
@@ -268,6 +289,24 @@ def detect_fields(records: Sequence[Any]) -> tuple[str, str] | None:
     return None
 
 
+def format_count(count: int, singular: str, plural: str | None = None) -> str:
+    """Format ``count`` with the noun in the matching number: "1 record", "3 records"."""
+    noun = singular if count == 1 else (plural or singular + "s")
+    return f"{count} {noun}"
+
+
+def _json_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 def _text_value(value: Any, field_name: str) -> tuple[str | None, str | None]:
     """Return (text, problem) for one field value."""
     if value is None:
@@ -275,7 +314,12 @@ def _text_value(value: Any, field_name: str) -> tuple[str | None, str | None]:
     if isinstance(value, bool):
         return None, f"field {field_name!r} is a boolean; expected a string"
     if isinstance(value, (int, float)):
-        return str(value), None
+        # A number is not turned into text because its spelling is lost on
+        # parsing: JSON 1.10 loads as 1.1 and 1e3 as 1000.0.
+        return None, (
+            f"field {field_name!r} is a number ({json.dumps(value)}); expected a string "
+            "(put the value in quotes)"
+        )
     if isinstance(value, (list, tuple)):
         return None, (
             f"field {field_name!r} is a list of {len(value)} items; expected a string "
@@ -310,11 +354,17 @@ def records_to_pairs(
                 problems.append(Problem(number, problem))
             else:
                 values[name] = text  # type: ignore[assignment]
+        extra_input = record.get(ALPACA_INPUT_FIELD) if question_field == "instruction" else None
+        if extra_input is not None and not isinstance(extra_input, str):
+            # Dropping a non-text input would silently shorten the question.
+            problems.append(Problem(
+                number, f"field {ALPACA_INPUT_FIELD!r} has type {_json_type_name(extra_input)}; expected a string or null"
+            ))
+            continue
         if len(values) < 2:
             continue
         question = values[question_field]
-        extra_input = record.get(ALPACA_INPUT_FIELD) if question_field == "instruction" else None
-        if isinstance(extra_input, str) and extra_input.strip():
+        if extra_input and extra_input.strip():
             question = f"{question}\n\n{extra_input}"
         record_id = record.get("id")
         pair_id = str(record_id) if isinstance(record_id, (str, int)) and str(record_id) else str(number)
@@ -322,13 +372,59 @@ def records_to_pairs(
     return pairs, problems
 
 
-def _duplicate_counts(pairs: Iterable[QAPair]) -> tuple[int, int]:
-    pairs = list(pairs)
-    pair_counts = Counter((pair.question, pair.answer) for pair in pairs)
-    question_counts = Counter(pair.question for pair in pairs)
-    duplicate_pairs = sum(count - 1 for count in pair_counts.values() if count > 1)
-    duplicate_questions = sum(count - 1 for count in question_counts.values() if count > 1)
-    return duplicate_pairs, duplicate_questions
+def _repeated_records(pairs: Iterable[QAPair]) -> tuple[list[int], list[int]]:
+    """Return (exact, conflicting) record numbers of repeated questions.
+
+    ``exact`` lists records whose question and answer both match an earlier
+    record. ``conflicting`` lists records whose question matches an earlier
+    record but whose answer matches none of the earlier ones for it.
+    """
+    seen_pairs: set[tuple[str, str]] = set()
+    seen_questions: set[str] = set()
+    exact: list[int] = []
+    conflicting: list[int] = []
+    for pair in pairs:
+        if (pair.question, pair.answer) in seen_pairs:
+            exact.append(pair.record)
+        elif pair.question in seen_questions:
+            conflicting.append(pair.record)
+        seen_pairs.add((pair.question, pair.answer))
+        seen_questions.add(pair.question)
+    return exact, conflicting
+
+
+def _list_records(numbers: Sequence[int], max_listed: int = 5) -> str:
+    """Format record numbers as "record 4" or "records 4, 9, 12 and 3 more"."""
+    listed = ", ".join(str(number) for number in numbers[:max_listed])
+    more = f" and {len(numbers) - max_listed} more" if len(numbers) > max_listed else ""
+    return f"{'record' if len(numbers) == 1 else 'records'} {listed}{more}"
+
+
+def describe_repeats(exact: int, conflicting: int) -> list[str]:
+    """Describe the two kinds of repeated records that ``_repeated_records`` counts, one phrase per nonzero count."""
+    phrases = []
+    if exact:
+        verb = "repeats" if exact == 1 else "repeat"
+        phrases.append(f"{format_count(exact, 'record')} {verb} the question and answer of an earlier record exactly")
+    if conflicting:
+        verb = "repeats" if conflicting == 1 else "repeat"
+        phrases.append(
+            f"{format_count(conflicting, 'record')} {verb} the question of an earlier record with a different answer"
+        )
+    return phrases
+
+
+def _repeat_problems(exact: Sequence[int], conflicting: Sequence[int]) -> list[Problem]:
+    numbers = [records for records in (exact, conflicting) if records]
+    return [
+        Problem(0, f"{phrase} ({_list_records(records)})", fatal=False)
+        for phrase, records in zip(describe_repeats(len(exact), len(conflicting)), numbers)
+    ]
+
+
+def _problem_order(problem: Problem) -> tuple[bool, int]:
+    """Sort key that puts errors before warnings, and whole-file problems before record problems within each."""
+    return (not problem.fatal, problem.record)
 
 
 def _duplicate_id_problems(pairs: Sequence[QAPair]) -> list[Problem]:
@@ -349,6 +445,55 @@ def inspect_file(
     return _examine(Path(path), question_field, answer_field)[0]
 
 
+def inspect_files(
+    paths: Sequence[Path | str], question_field: str | None = None, answer_field: str | None = None
+) -> list[InspectReport]:
+    """Examine each file like ``inspect_file`` and also report questions found in more than one of them.
+
+    A question shared between files is a warning, so it leaves ``usable``
+    unchanged. The files carry no role, and two parts of one forget set may
+    share questions harmlessly. The warning message explains that a question
+    in both the forget set and the retain set gives training contradictory targets.
+    Questions are compared as exact text, like the repeats within one file.
+    """
+    examined = [_examine(Path(path), question_field, answer_field) for path in paths]
+    for index, (report, pairs) in enumerate(examined):
+        for other_report, other_pairs in examined[:index] + examined[index + 1:]:
+            if _same_file(report.path, other_report.path):
+                continue
+            report.problems.extend(_shared_question_problems(pairs, other_pairs, other_report.path))
+        report.problems.sort(key=_problem_order)
+    return [report for report, _ in examined]
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve()
+    except (OSError, RuntimeError):  # Python 3.11 raises RuntimeError on a symlink loop.
+        return first == second
+
+
+def _shared_question_problems(pairs: Sequence[QAPair], other_pairs: Sequence[QAPair], other_path: Path) -> list[Problem]:
+    """Return one warning per record whose question is also in ``other_pairs``, plus a summary when there is any."""
+    other_records: dict[str, list[int]] = {}
+    for pair in other_pairs:
+        other_records.setdefault(pair.question, []).append(pair.record)
+    problems = [
+        Problem(pair.record, f"question also appears in {other_path}, {_list_records(other_records[pair.question])}", fatal=False)
+        for pair in pairs
+        if pair.question in other_records
+    ]
+    if problems:
+        verb = "has" if len(problems) == 1 else "have"
+        summary = (
+            f"{format_count(len(problems), 'record')} {verb} a question that also appears in {other_path}. "
+            "If one file is the forget set and the other the retain set, training gets contradictory targets, "
+            "so remove each such question from one of them"
+        )
+        problems.insert(0, Problem(0, summary, fatal=False))
+    return problems
+
+
 def _examine(
     path: Path, question_field: str | None, answer_field: str | None
 ) -> tuple[InspectReport, list[QAPair]]:
@@ -359,7 +504,7 @@ def _examine(
         prefix = f"{path}: "
         if message.startswith(prefix):
             message = message[len(prefix):]
-        return InspectReport(path, None, 0, None, None, None, None, 0, 0, [Problem(0, message)]), []
+        return InspectReport(path, None, 0, None, None, None, None, 0, 0, [Problem(0, message)], 0), []
 
     problems: list[Problem] = []
     fields = _choose_fields(records, question_field, answer_field)
@@ -373,20 +518,16 @@ def _examine(
                 "pass --question-field and --answer-field",
             )
         )
-        return InspectReport(path, fmt, len(records), None, None, None, None, 0, 0, problems), []
+        return InspectReport(path, fmt, len(records), None, None, None, None, 0, 0, problems, 0), []
 
     pairs, record_problems = records_to_pairs(records, *fields)
     problems.extend(record_problems)
     problems.extend(_duplicate_id_problems(pairs))
     if not records:
         problems.append(Problem(0, "holds no records"))
-    duplicate_pairs, duplicate_questions = _duplicate_counts(pairs)
-    if duplicate_pairs:
-        problems.append(Problem(0, f"{duplicate_pairs} records repeat an earlier question and answer exactly", fatal=False))
-    if duplicate_questions > duplicate_pairs:
-        problems.append(
-            Problem(0, f"{duplicate_questions - duplicate_pairs} records repeat an earlier question with a different answer", fatal=False)
-        )
+    exact_repeats, conflicting_repeats = _repeated_records(pairs)
+    problems.extend(_repeat_problems(exact_repeats, conflicting_repeats))
+    problems.sort(key=_problem_order)
     report = InspectReport(
         path=path,
         format=fmt,
@@ -395,9 +536,10 @@ def _examine(
         answer_field=fields[1],
         question_lengths=LengthStats.of([pair.question for pair in pairs]),
         answer_lengths=LengthStats.of([pair.answer for pair in pairs]),
-        duplicate_pairs=duplicate_pairs,
-        duplicate_questions=duplicate_questions,
+        duplicate_pairs=len(exact_repeats),
+        duplicate_questions=len(exact_repeats) + len(conflicting_repeats),
         problems=problems,
+        pair_count=len(pairs),
     )
     return report, pairs
 
@@ -436,7 +578,9 @@ def load_qa_set(
         raise InputError(f"the {role} set is empty: {path} holds no records")
     if fatal:
         first = fatal[0].describe(path)
-        more = f" (and {len(fatal) - 1} more problems; run 'relearn-local inspect {path}' to list them)" if len(fatal) > 1 else ""
+        more = ""
+        if len(fatal) > 1:
+            more = f" (and {format_count(len(fatal) - 1, 'more problem')}; run 'relearn-local inspect {path}' to list them)"
         raise InputError(f"invalid {role} set: {first}{more}")
     for problem in report.problems:
         logger.warning("%s", problem.describe(path))

@@ -279,6 +279,6 @@ class RunFolder:
         """
         if self._log_handler is None:
             return
-        record = logging.LogRecord(logger.name, logging.ERROR, __file__, 0, "%s run failed: %s",
+        record = logging.LogRecord(logger.name, logging.ERROR, __file__, 0, "relearn-local %s failed: %s",
                                    (self.stage, reason), exc_info)
         self._log_handler.handle(record)

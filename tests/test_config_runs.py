@@ -123,7 +123,7 @@ def test_failure_written_to_run_log(tmp_path, capsys):
             folder.attach_log()
             raise RuntimeError("converter exploded")
     log = (tmp_path / "run" / "run.log").read_text(encoding="utf-8")
-    assert "export run failed: RuntimeError: converter exploded" in log
+    assert "relearn-local export failed: RuntimeError: converter exploded" in log
     assert "Traceback" in log
     assert "converter exploded" not in capsys.readouterr().err
 
@@ -136,7 +136,7 @@ def test_interrupt_written_to_run_log(tmp_path):
             folder.attach_log()
             raise KeyboardInterrupt
     log = (tmp_path / "run" / "run.log").read_text(encoding="utf-8")
-    assert "train run failed: interrupted" in log
+    assert "relearn-local train failed: interrupted" in log
     assert "Traceback" not in log
 
 

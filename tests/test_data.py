@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relearn_local.data import inspect_file, load_qa_set
+from relearn_local.data import Problem, inspect_file, inspect_files, load_qa_set
 from relearn_local.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "knowundo-privacy"
@@ -124,9 +124,45 @@ def test_bad_answer_values(tmp_path, answer, reason):
         load_qa_set(path)
 
 
-def test_numeric_answer_becomes_text(tmp_path):
-    path = write(tmp_path / "f.json", json.dumps([{"question": "Which year?", "answer": 1987}]))
-    assert load_qa_set(path).answers == ["1987"]
+@pytest.mark.parametrize(
+    "answer, expected_text",
+    [(42, "(42)"), (1987, "(1987)"), (2.5, "(2.5)"), (0, "(0)")],
+    ids=["int", "year", "float", "zero"],
+)
+def test_numeric_answer_is_error(tmp_path, answer, expected_text):
+    # str() would guess the spelling: JSON 1.10 parses as 1.1.
+    path = write(tmp_path / "f.json", json.dumps([{"question": "Q?", "answer": "A."}, {"question": "Which year?", "answer": answer}]))
+    with pytest.raises(InputError) as raised:
+        load_qa_set(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "record 2" in message
+    assert f"field 'answer' is a number {expected_text}" in message
+    assert "expected a string" in message
+    assert "quotes" in message
+
+
+def test_numeric_question_is_error(tmp_path):
+    path = write(tmp_path / "f.json", json.dumps([{"question": 7, "answer": "Seven."}]))
+    with pytest.raises(InputError, match="field 'question' is a number"):
+        load_qa_set(path)
+
+
+def test_numeric_text_in_csv_loads(tmp_path):
+    # CSV cells are always strings, so a number there keeps its exact spelling.
+    path = write(tmp_path / "years.csv", "question,answer\nWhich year?,1987\nWhich version?,1.10\n")
+    assert load_qa_set(path).answers == ["1987", "1.10"]
+
+
+def test_numeric_alpaca_input_is_error(tmp_path):
+    path = write(tmp_path / "a.jsonl", json.dumps({"instruction": "Add one to", "input": 5, "output": "6"}) + "\n")
+    with pytest.raises(InputError, match="field 'input' has type number"):
+        load_qa_set(path)
+
+
+def test_null_alpaca_input_is_no_input(tmp_path):
+    path = write(tmp_path / "a.jsonl", json.dumps({"instruction": "Say hi.", "input": None, "output": "Hi."}) + "\n")
+    assert load_qa_set(path).questions == ["Say hi."]
 
 
 def test_empty_forget_set(tmp_path):
@@ -178,6 +214,118 @@ def test_all_problems_listed_by_inspect(tmp_path):
     fatal = [problem for problem in report.problems if problem.fatal]
     assert [problem.record for problem in fatal] == [1, 2]
     assert report.duplicate_pairs == 1
+
+
+def test_more_problems_count_is_singular(tmp_path):
+    records = [{"question": "Q?", "answer": "A."}, {"question": "Q2?"}, {"question": "Q3?", "answer": 3}]
+    path = write(tmp_path / "f.json", json.dumps(records))
+    with pytest.raises(InputError) as raised:
+        load_qa_set(path)
+    assert "record 2: field 'answer' is missing (and 1 more problem;" in str(raised.value)
+
+
+def test_inspect_counts_repeats_by_kind(tmp_path):
+    records = [
+        {"question": "Q?", "answer": "A."},
+        {"question": "Q?", "answer": "A."},
+        {"question": "Q?", "answer": "B."},
+        {"question": "Q?", "answer": "B."},
+        {"question": "R?", "answer": "A."},
+    ]
+    report = inspect_file(write(tmp_path / "f.json", json.dumps(records)))
+    assert report.usable
+    assert report.duplicate_pairs == 2
+    assert report.duplicate_questions == 3
+    assert report.conflicting_repeats == 1
+    messages = [problem.message for problem in report.problems]
+    assert messages == [
+        "2 records repeat the question and answer of an earlier record exactly (records 2, 4)",
+        "1 record repeats the question of an earlier record with a different answer (record 3)",
+    ]
+    assert not any(problem.fatal for problem in report.problems)
+
+
+def test_inspect_lists_many_repeats_briefly(tmp_path):
+    records = [{"question": "Q?", "answer": "A."}] * 9
+    report = inspect_file(write(tmp_path / "f.json", json.dumps(records)))
+    assert report.problems[0].message == (
+        "8 records repeat the question and answer of an earlier record exactly (records 2, 3, 4, 5, 6 and 3 more)"
+    )
+
+
+def test_inspect_stats_over_loaded_records(tmp_path):
+    records = [
+        {"question": "Q?", "answer": 42},
+        {"question": "Long question?", "answer": "Long answer here."},
+        {"question": "Q?", "answer": "A."},
+        {"question": "Q?", "answer": "A."},
+    ]
+    report = inspect_file(write(tmp_path / "f.json", json.dumps(records)))
+    assert not report.usable
+    assert report.record_count == 4
+    assert report.pair_count == 3
+    assert report.question_lengths.max_chars == len("Long question?")
+    assert report.answer_lengths.min_chars == len("A.")
+    assert report.duplicate_pairs == 1
+
+
+def test_inspect_lists_errors_before_warnings(tmp_path):
+    records = [{"question": "Q?", "answer": "A."}, {"question": "Q?", "answer": "A."}, {"question": "Q3?", "answer": True}]
+    report = inspect_file(write(tmp_path / "f.json", json.dumps(records)))
+    assert [(problem.fatal, problem.record) for problem in report.problems] == [(True, 3), (False, 0)]
+
+
+def test_problem_described_without_path():
+    assert Problem(3, "field 'answer' is missing").describe() == "record 3: field 'answer' is missing"
+    assert Problem(0, "holds no records").describe() == "holds no records"
+    assert Problem(3, "field 'answer' is missing").describe("f.json") == "f.json, record 3: field 'answer' is missing"
+
+
+def test_inspect_files_flags_shared_questions(tmp_path):
+    forget = write(tmp_path / "forget.json", json.dumps([
+        {"question": "Who is A?", "answer": "A painter."},
+        {"question": "Where does B live?", "answer": "In a town."},
+    ]))
+    retain = write(tmp_path / "retain.json", json.dumps([
+        {"question": "What is 2+2?", "answer": "4."},
+        {"question": "Where does B live?", "answer": "In a town."},
+        {"question": "Where does B live?", "answer": "Somewhere else."},
+    ]))
+    forget_report, retain_report = inspect_files([forget, retain])
+
+    # Sharing a question is a warning, so neither file becomes unusable.
+    assert forget_report.usable
+    assert retain_report.usable
+
+    forget_messages = [problem.describe() for problem in forget_report.problems]
+    assert f"record 2: question also appears in {retain}, records 2, 3" in forget_messages
+    assert any(message.startswith(f"1 record has a question that also appears in {retain}.") for message in forget_messages)
+    assert any("contradictory targets" in message for message in forget_messages)
+
+    retain_messages = [problem.describe() for problem in retain_report.problems]
+    assert f"record 2: question also appears in {forget}, record 2" in retain_messages
+    assert f"record 3: question also appears in {forget}, record 2" in retain_messages
+    assert any(message.startswith(f"2 records have a question that also appears in {forget}.") for message in retain_messages)
+
+
+def test_inspect_files_single_file_unchanged(tmp_path):
+    path = write(tmp_path / "f.json", json.dumps([{"question": "Q?", "answer": "A."}, {"question": "Q?", "answer": "B."}]))
+    (report,) = inspect_files([path])
+    assert report.problems == inspect_file(path).problems
+
+
+def test_inspect_files_same_file_twice_not_shared(tmp_path):
+    path = write(tmp_path / "f.json", json.dumps([{"question": "Q?", "answer": "A."}]))
+    first, second = inspect_files([path, tmp_path / "." / "f.json"])
+    assert first.problems == []
+    assert second.problems == []
+
+
+def test_inspect_files_skips_unreadable_file(tmp_path):
+    good = write(tmp_path / "good.json", json.dumps([{"question": "Q?", "answer": "A."}]))
+    good_report, missing_report = inspect_files([good, tmp_path / "missing.json"])
+    assert good_report.problems == []
+    assert not missing_report.usable
 
 
 @pytest.mark.parametrize("bom", [False, True])

@@ -73,6 +73,25 @@ def test_run_rejects_empty_forget_set(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_run_rejects_question_in_both_sets(tmp_path):
+    forget = [{"question": "Where does Ana live?", "answer": "At 4 Elm Road."},
+              {"question": "What is Ana's email?", "answer": "ana@example.invalid"}]
+    retain = [{"question": "What does Ana write?", "answer": "Poems."},
+              {"question": "Where does Ana live?", "answer": "In a town."}]
+    (tmp_path / "forget.json").write_text(json.dumps(forget), encoding="utf-8")
+    (tmp_path / "retain.json").write_text(json.dumps(retain), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--forget", str(tmp_path / "forget.json"),
+                                      "--retain", str(tmp_path / "retain.json"),
+                                      "--out", str(tmp_path / "out"), "--ollama", "off"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "forget record 1 = retain record 2" in message
+    assert "both the forget and the retain set" in message
+    assert "Traceback" not in result.output
+    log = (tmp_path / "out" / "run.log").read_text(encoding="utf-8")
+    assert "relearn-local run failed: ConfigError" in log
+
+
 @pytest.fixture
 def fake_ollama():
     server = start_server()

@@ -178,6 +178,7 @@ def _prepare_inputs(folder: RunFolder, resolved: ResolvedRunConfig, resuming: bo
     run = resolved.run
     forget = load_qa_set(run.forget, "forget", run.question_field, run.answer_field)
     retain = load_qa_set(run.retain, "retain", run.question_field, run.answer_field)
+    _reject_shared_questions(forget, retain)
     paths = []
     for role, loaded, limit in (("forget", forget, run.forget_limit), ("retain", retain, run.retain_limit)):
         rows = _rows(loaded, limit)
@@ -191,6 +192,22 @@ def _prepare_inputs(folder: RunFolder, resolved: ResolvedRunConfig, resuming: bo
         atomic_write_text(path, text)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def _reject_shared_questions(forget: QASet, retain: QASet) -> None:
+    """Raise ConfigError when a question is in both sets: training would get two opposite targets for it."""
+    retain_records = {pair.question.strip(): pair.record for pair in retain.pairs}
+    shared = [(pair.record, retain_records[pair.question.strip()]) for pair in forget.pairs
+              if pair.question.strip() in retain_records]
+    if not shared:
+        return
+    listed = ", ".join(f"forget record {left} = retain record {right}" for left, right in shared[:5])
+    more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+    raise ConfigError(
+        f"{len(shared)} question(s) appear in both the forget and the retain set ({listed}{more}); "
+        "a question cannot be both forgotten and kept, so remove each from one set "
+        "('relearn-local inspect FORGET RETAIN' lists them)"
+    )
 
 
 def _rows(loaded: QASet, limit: Optional[int]) -> list[dict[str, str]]:
