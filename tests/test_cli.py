@@ -102,3 +102,19 @@ def test_inspect_knowundo():
 def test_verbose_and_quiet_conflict():
     result = CliRunner().invoke(cli, ["--verbose", "--quiet", "inspect", "x"])
     assert result.exit_code == 2
+
+
+def test_progress_remove_tasks_keeps_named():
+    from relearn_local.cli.common import RichProgress
+    from relearn_local.progress import report
+
+    with RichProgress(enabled=True) as progress:
+        report(progress, "pipeline", 1, 6, "stage 2/6: train")
+        report(progress, "train", 3, 10, "training, epoch 1")
+        report(progress, "merge", 5, 5, "merged", done=True)
+        progress.remove_tasks(keep=("pipeline",))
+        shown = [task.description for task in progress._progress.tasks]
+        assert shown == ["stage 2/6: train"]
+        report(progress, "train", 1, 4, "training again")
+        shown = [task.description for task in progress._progress.tasks]
+        assert shown == ["stage 2/6: train", "training again"]

@@ -130,6 +130,15 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def remove_tasks(self, keep: tuple[str, ...] = ()) -> None:
+        """Drop every bar except those of the tasks in ``keep``, so a new stage starts with its own bars only."""
+        if self._progress is None:
+            return
+        for task, task_id in list(self._tasks.items()):
+            if task not in keep:
+                self._progress.remove_task(task_id)
+                del self._tasks[task]
+
     def __call__(self, event: ProgressEvent) -> None:
         if self._progress is None:
             return

@@ -61,16 +61,19 @@ def run_command(ctx: click.Context, config_file: Optional[Path], **_: Any) -> No
     hide_transformers_bars()
     try:
         with RichProgress() as progress:
-            result = run_pipeline(resolved, progress, on_stage=lambda name, status: _announce(console, name, status))
+            result = run_pipeline(resolved, progress,
+                                  on_stage=lambda name, status: _announce(console, progress, name, status))
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command again to continue at the stage where it stopped", err=True)
         raise click.exceptions.Exit(130) from None
     _render(result)
 
 
-def _announce(console: Any, name: str, status: str) -> None:
+def _announce(console: Any, progress: Any, name: str, status: str) -> None:
     from .common import is_quiet
 
+    if status == "start":
+        progress.remove_tasks(keep=("pipeline",))
     if is_quiet():
         return
     if status == "start":
