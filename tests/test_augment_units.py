@@ -524,3 +524,15 @@ def test_accepted_verdict_reason_is_redacted():
     for record in outcome.records():
         assert "Kråkeveien" not in record["verdict"]["reason"]
         assert "14" not in record["verdict"]["reason"]
+
+
+def test_template_answers_agree_in_number():
+    from relearn_local.augment.templates import template_answers
+    from relearn_local.augment.topics import analyze
+
+    plural = template_answers(analyze("What inspired Hiro Tanaka to become a writer?"), "original", "k")
+    assert any("personal details are private" in answer for answer in plural)
+    assert not any("details is" in answer for answer in plural)
+    singular = template_answers(analyze("What is Hiro Tanaka's email address?"), "original", "k")
+    assert any("email address is" in answer for answer in singular)
+    assert not any("address are" in answer for answer in singular)

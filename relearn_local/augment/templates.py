@@ -48,9 +48,9 @@ REVERSE_DEFAULT = (
 
 GENERIC_ANSWERS = (
     "I can't share {possessive} {attribute}; that is private information.",
-    "{Possessive} {attribute} is personal information, so I won't give it out.",
+    "{Possessive} {attribute} {is} personal information, so I won't give {it} out.",
     "I don't have any details about {possessive} {attribute} that I can share. Details like that should stay private.",
-    "Sorry, {possessive} {attribute} is private, and I can't help with that.",
+    "Sorry, {possessive} {attribute} {is} private, and I can't help with that.",
 )
 TOPIC_ANSWERS = {
     "address": ("{subject} has a home like anyone else, but where it is located is private, so I can't give the address.",),
@@ -94,6 +94,10 @@ def _fill(template: str, info: QuestionInfo) -> str:
         "single": single,
         "article": "an" if single[:1].lower() in "aeiou" else "a",
     }
+    # "personal details are private", but "home address is private".
+    plural = info.attribute == "children" or (info.attribute.endswith("s") and not info.attribute.endswith("ss"))
+    values["is"] = "are" if plural else "is"
+    values["it"] = "them" if plural else "it"
     values["Possessive"] = values["possessive"][:1].upper() + values["possessive"][1:]
     return template.format(**values)
 
