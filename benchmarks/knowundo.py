@@ -54,7 +54,7 @@ def cli() -> list[str]:
 
 def write_split(folder: Path, forget_items: int, retain_items: int) -> dict[str, Path]:
     if not SHARED.is_dir():
-        raise SystemExit(f"KnowUnDo data not found at {SHARED}; the benchmark reads it from ../shared")
+        raise SystemExit(f"KnowUnDo data not found at {SHARED}; put unlearn_train.json and retention_train.json there")
     forget = json.loads((SHARED / "unlearn_train.json").read_text(encoding="utf-8"))
     retain = json.loads((SHARED / "retention_train.json").read_text(encoding="utf-8"))
     if forget_items > len(forget) or 2 * retain_items > len(retain):
@@ -72,7 +72,7 @@ def write_split(folder: Path, forget_items: int, retain_items: int) -> dict[str,
     for name, rows in parts.items():
         path = folder / f"{name}.json"
         text = json.dumps(rows, indent=1, ensure_ascii=False)
-        # An unchanged split is not rewritten, so a resumed benchmark sees the same files.
+        # An unchanged split is not rewritten, so a resumed benchmark reads the same files.
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
         paths[name] = path
@@ -132,7 +132,15 @@ def main() -> int:
                         help="the same warm-up for every method (the trainer's default depends on epoch length)")
     parser.add_argument("--augment-rounds", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated methods to train and evaluate (relearn always runs: it sets the budget)")
     args = parser.parse_args()
+    methods = [method for method in METHODS if method in args.methods.split(",")]
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    if "relearn" not in methods:
+        methods.insert(0, "relearn")
 
     out = args.out.resolve()
     logs = out / "logs"
@@ -164,24 +172,25 @@ def main() -> int:
     # same step count; the schedule spans exactly those steps.
     steps_per_epoch = math.ceil(args.forget_items / args.batch_size)
     baseline_epochs = steps / steps_per_epoch
-    for method in ("ga", "npo"):
+    for method in methods[1:]:
         ledger.run(f"train-{method}", ["train", "--method", method, "--forget", str(split["forget"]),
                                        "--epochs", f"{baseline_epochs:g}", "--max-steps", str(steps),
                                        "--out", str(out / f"train-{method}")] + budget,
                    logs / f"train-{method}.log")
-    for method in METHODS:
+    for method in methods:
         ledger.run(f"eval-{method}", ["evaluate", "--model", str(model), "--adapter", str(out / f"train-{method}"),
                                       "--out", str(out / f"eval-{method}")] + common_eval,
                    logs / f"eval-{method}.log")
 
-    rows = {"injected": out / "eval-injected"} | {m: out / f"eval-{m}" for m in METHODS}
+    rows = {"injected": out / "eval-injected"} | {m: out / f"eval-{m}" for m in methods}
     summaries = {name: json.loads((folder / "SUMMARY.json").read_text()) for name, folder in rows.items()}
-    steps_by_method = {m: train_steps(out / f"train-{m}") for m in METHODS}
+    steps_by_method = {m: train_steps(out / f"train-{m}") for m in methods}
     augment = json.loads((out / "augment" / "summary.json").read_text())
     result = {
         "split": {name: len(json.loads(path.read_text())) for name, path in split.items()},
         "settings": vars(args) | {"out": str(out), "steps": steps_by_method},
-        "augment": {key: augment.get(key) for key in ("items", "records", "failed_items", "calls_per_item")},
+        "augment": {key: augment.get(key) for key in ("items", "items_with_accepted_answer", "records", "answers",
+                                                      "completions", "llm_calls_per_item")},
         "metrics": summaries,
         "stages": ledger.stages,
     }
