@@ -168,8 +168,8 @@ def main() -> int:
                                  "--epochs", str(args.epochs), "--out", str(out / "train-relearn")] + budget,
                logs / "train-relearn.log")
     steps = train_steps(out / "train-relearn")
-    # The baselines see only the forget pairs, so they need more epochs for the
-    # same step count; the schedule spans exactly those steps.
+    # The baselines train on the forget pairs only, so they need more epochs for
+    # the same step count. The schedule then spans exactly those steps.
     steps_per_epoch = math.ceil(args.forget_items / args.batch_size)
     baseline_epochs = steps / steps_per_epoch
     for method in methods[1:]:

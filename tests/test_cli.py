@@ -113,8 +113,8 @@ def test_progress_remove_tasks_keeps_named():
         report(progress, "train", 3, 10, "training, epoch 1")
         report(progress, "merge", 5, 5, "merged", done=True)
         progress.remove_tasks(keep=("pipeline",))
-        shown = [task.description for task in progress._progress.tasks]
-        assert shown == ["stage 2/6: train"]
+        descriptions = [task.description for task in progress._progress.tasks]
+        assert descriptions == ["stage 2/6: train"]
         report(progress, "train", 1, 4, "training again")
-        shown = [task.description for task in progress._progress.tasks]
-        assert shown == ["stage 2/6: train", "training again"]
+        descriptions = [task.description for task in progress._progress.tasks]
+        assert descriptions == ["stage 2/6: train", "training again"]

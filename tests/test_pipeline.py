@@ -86,7 +86,7 @@ def test_run_rejects_question_in_both_sets(tmp_path):
     assert result.exit_code == 2
     message = " ".join(result.output.split())
     assert "forget record 1 = retain record 2" in message
-    assert "both the forget and the retain set" in message
+    assert "1 question is in both the forget and the retain set" in message
     assert "Traceback" not in result.output
     log = (tmp_path / "out" / "run.log").read_text(encoding="utf-8")
     assert "relearn-local run failed: ConfigError" in log

@@ -150,7 +150,7 @@ class LlamaCppBackend:
         """Return the tokens that open a turn (Gemma's <start_of_turn>, Llama 3's <|start_header_id|>).
 
         llama.cpp detokenizes control tokens to empty text, so a base model
-        that starts a new turn would slip past the stop strings; generation
+        that starts a new turn would slip past the stop strings. Generation
         stops on these tokens instead.
         """
         ids = set()

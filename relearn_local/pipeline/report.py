@@ -196,12 +196,12 @@ def _training_lines(augment: dict[str, Any], train: dict[str, Any]) -> list[str]
             lines.append(f"  - warning: {warning}")
     if train:
         final = train.get("final") or {}
-        shown = ", ".join(f"{key} {format_metric(final[key])}" for key in ("forget_ce", "retain_ce", "kl", "loss")
+        final_losses = ", ".join(f"{key} {format_metric(final[key])}" for key in ("forget_ce", "retain_ce", "kl", "loss")
                           if isinstance(final.get(key), (int, float)))
         seconds = train.get("seconds")
         duration = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "N/A"
         lines.append(f"- Training: {train.get('steps', 'N/A')} optimizer steps in {duration}"
-                     + (f"; last step: {shown}" if shown else ""))
+                     + (f"; last step: {final_losses}" if final_losses else ""))
     return lines or ["(no training summary found)"]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import config_to_yaml
-from ..data import QASet, load_qa_set
+from ..data import QASet, format_count, load_qa_set
 from ..errors import ConfigError, RelearnError
 from ..progress import ProgressCallback, report
 from ..runs import STATUS_COMPLETE, RunFolder, atomic_write_json, atomic_write_text, utc_now
@@ -204,7 +204,8 @@ def _reject_shared_questions(forget: QASet, retain: QASet) -> None:
     listed = ", ".join(f"forget record {left} = retain record {right}" for left, right in shared[:5])
     more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
     raise ConfigError(
-        f"{len(shared)} question(s) appear in both the forget and the retain set ({listed}{more}); "
+        f"{format_count(len(shared), 'question')} {'is' if len(shared) == 1 else 'are'} in both the forget and "
+        f"the retain set ({listed}{more}); "
         "a question cannot be both forgotten and kept, so remove each from one set "
         "('relearn-local inspect FORGET RETAIN' lists them)"
     )
