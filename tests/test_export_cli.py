@@ -11,6 +11,7 @@ from export_support import FORGET, converter, export_base_dir, tiny_adapter  # n
 from relearn_local.cli import cli
 from relearn_local.cli import export_cmd
 from relearn_local.export import MERGE_DTYPES, MODES, QUANT_TYPES, ExportConfig
+from relearn_local.export.config import AUTO_QUANT
 
 
 def invoke(*args: str):
@@ -26,7 +27,7 @@ def one_line_error(result) -> str:
 
 
 def test_choices_match_stage_tables():
-    assert export_cmd.QUANT_CHOICES == tuple(QUANT_TYPES)
+    assert export_cmd.QUANT_CHOICES == (AUTO_QUANT, *QUANT_TYPES)
     assert export_cmd.MODE_CHOICES == tuple(MODES)
     assert export_cmd.MERGE_DTYPE_CHOICES == tuple(MERGE_DTYPES)
 
@@ -73,8 +74,9 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_adapter, converte
     assert result.exit_code == 0, result.output
     for label in ("base model", "chat format", "output type", "converter", "free disk"):
         assert label in result.output
-    assert "q4_k_m" in result.output
-    assert "parity check 3" in " ".join(result.output.split())
+    flat = " ".join(result.output.split())
+    assert "auto: the first of q4_k_m, q5_k_m, q6_k, q8_0" in flat
+    assert "parity check 8" in flat
     assert "nothing was written" in result.output
     assert not (tmp_path / "out").exists()
 

@@ -130,14 +130,19 @@ def test_listed_name(name, listed):
     assert listed_name(name) == listed
 
 
+def export_f16_to_ollama(adapter: Path, out: Path, host: str):
+    """Run the export command at f16 with one parity question and --ollama-create against ``host``."""
+    return CliRunner().invoke(cli, [
+        "--quiet", "export", "--adapter", str(adapter), "--out", str(out), "--name", "relearned-tiny",
+        "--quant", "f16", "--forget", str(FORGET), "--offline", "--parity-questions", "1",
+        "--ollama-create", "--ollama-host", host,
+    ])
+
+
 def test_cli_export_with_ollama_create(httpserver, tmp_path, tiny_adapter, converter):
     fake = FakeOllama(httpserver)
     out = tmp_path / "export"
-    result = CliRunner().invoke(cli, [
-        "--quiet", "export", "--adapter", str(tiny_adapter), "--out", str(out), "--name", "relearned-tiny",
-        "--quant", "f16", "--forget", str(FORGET), "--offline", "--parity-questions", "1",
-        "--ollama-create", "--ollama-host", httpserver.url_for("/"),
-    ])
+    result = export_f16_to_ollama(tiny_adapter, out, httpserver.url_for("/"))
     assert result.exit_code == 0, result.output
     gguf = out / "relearned-tiny-f16.gguf"
     modelfile = parse_modelfile((out / "Modelfile").read_text(encoding="utf-8"))
@@ -153,6 +158,35 @@ def test_cli_export_with_ollama_create(httpserver, tmp_path, tiny_adapter, conve
     summary = json.loads((out / "export_summary.json").read_text(encoding="utf-8"))
     assert summary["ollama_created"] is True
     assert summary["ollama"]["listed_as"] == "relearned-tiny:latest"
+
+
+def test_failed_parity_sends_nothing_to_ollama(httpserver, tmp_path, tiny_adapter, converter, monkeypatch):
+    from relearn_local.export.parity import ParityItem, ParityReport
+
+    def restoring_parity(gguf_path, modelfile_text, answers, *args, **kwargs):
+        question = answers[0].question
+        leaked = ParityItem(question, "I can't share that.", "She lives at 14 Kråkeveien.", [1], [1], True, 1, True,
+                            [], ["14 Kråkeveien"])
+        return ParityReport("f16", True, 8, [leaked])
+
+    monkeypatch.setattr("relearn_local.export.stage.run_parity", restoring_parity)
+    fake = FakeOllama(httpserver)
+    out = tmp_path / "export"
+    result = export_f16_to_ollama(tiny_adapter, out, httpserver.url_for("/"))
+    assert result.exit_code == 1, result.output
+    assert fake.paths() == []
+    assert not fake.blobs
+    assert not fake.creates
+    flat = " ".join(result.output.split())
+    assert "Do not serve this GGUF" in flat
+    assert "--quant q8_0" in flat
+    assert "Not ready to serve" in flat
+    assert "ollama run" not in flat
+    assert (out / "relearned-tiny-f16.gguf").is_file(), "the files are kept for inspection"
+    summary = json.loads((out / "export_summary.json").read_text(encoding="utf-8"))
+    assert summary["ollama_created"] is False
+    assert "not sent to Ollama" in summary["ollama_skipped"]
+    assert summary["parity"]["restored_answers"] == 1
 
 
 def test_adapter_mode_falls_back_for_gemma3(tmp_path, tiny_adapter, converter):

@@ -70,6 +70,8 @@ def test_real_export_f16_and_q4_k_m(tmp_path_factory, real_adapter, real_base):
     assert q4.gguf.file_type == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert q4.gguf.size_bytes < f16.gguf.size_bytes / 1.8
     assert q4.parity.passed, q4.parity.verdict()
+    # The forget set's answers are known, so every GGUF answer was checked for their facts.
+    assert q4.parity.forgetting_checked == len(q4.parity.items) == 8
 
     model = llama_cpp.Llama(str(q4.gguf_path), n_ctx=512, verbose=False)
     vocabulary = llama_cpp.llama_model_get_vocab(model.model)

@@ -188,3 +188,25 @@ def test_pipeline_refuses_changed_inputs_on_resume(tmp_path, tiny_model_dir, mon
             run_pipeline(load_run_config(None, overrides))
     with pytest.raises(ConfigError, match="differs from the one this run"):
         run_pipeline(load_run_config(None, {**overrides, "forget_limit": 3}))
+
+
+def test_report_failed_parity_warns():
+    from types import SimpleNamespace
+
+    from relearn_local.pipeline.report import _serving_lines
+
+    result = SimpleNamespace(gguf="out/m-q8_0.gguf", modelfile="out/Modelfile", ollama_created=False,
+                             create_command="ollama create m -f out/Modelfile", run_command="ollama run m")
+    attempts = [{"quant": "q4_k_m", "passed": False}, {"quant": "q6_k", "passed": True}]
+    passed = {"quant": "q6_k", "quant_attempts": attempts,
+              "parity": {"passed": True, "skipped": None, "verdict": "passed (q6_k: ...)"}}
+    text = "\n".join(_serving_lines(result, passed))
+    assert "Output type: q6_k, the first that passed of those tried (q4_k_m failed, q6_k passed)" in text
+    assert "ollama create m" in text
+    assert "Do not serve" not in text
+
+    failed = {"quant": "q8_0", "parity": {"passed": False, "skipped": None, "verdict": "FAILED (q8_0: ...)"}}
+    text = "\n".join(_serving_lines(result, failed))
+    assert "Do not serve this GGUF" in text
+    assert "ollama create" not in text
+    assert "ollama run" not in text

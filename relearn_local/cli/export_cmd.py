@@ -11,7 +11,7 @@ from .common import EXISTING_PATH, OUT_PATH, config_option, force_option, get_co
 
 # Kept in step with relearn_local.export.config (QUANT_TYPES, MODES, MERGE_DTYPES); importing it here would
 # load the stage package for --help. tests/test_export_cli.py checks that the lists agree.
-QUANT_CHOICES = ("q4_k_m", "q8_0", "f16")
+QUANT_CHOICES = ("auto", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
 MODE_CHOICES = ("merged", "adapter")
 MERGE_DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
@@ -46,7 +46,8 @@ Examples:
 @click.option("--base", default=None, metavar="MODEL",
               help="Base model the adapter was trained on [default: from the adapter's relearn_base.json].")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default=None,
-              help="GGUF output type [default: q4_k_m]; f16 needs no quantizer.")
+              help="GGUF output type [default: auto, the smallest of q4_k_m, q5_k_m, q6_k, q8_0 that passes "
+                   "the parity check, forgetting included]; f16 needs no quantizer.")
 @click.option("--mode", type=click.Choice(MODE_CHOICES), default=None,
               help="merged: one GGUF [default]; adapter: base GGUF + LoRA GGUF with an ADAPTER line, "
                    "for architectures whose adapters Ollama loads (else merged, with a message).")
@@ -61,9 +62,9 @@ Examples:
 @click.option("--forget", type=EXISTING_PATH, default=None, metavar="FILE",
               help="Forget set for the merge and parity checks [default: the train run's inputs].")
 @click.option("--parity-questions", type=int, default=None, metavar="N",
-              help="Forget questions for the parity check [default: 3; 0 skips it].")
+              help="Forget questions for the parity and forgetting check [default: 8; 0 skips it].")
 @click.option("--parity-tokens", type=int, default=None, metavar="N",
-              help="Greedy tokens per parity answer [default: 12].")
+              help="Greedy tokens per parity answer [default: 32].")
 @click.option("--num-ctx", type=int, default=None, metavar="TOKENS", help="Modelfile num_ctx [default: 4096].")
 @click.option("--temperature", type=float, default=None, help="Modelfile temperature [default: 0, greedy].")
 @click.option("--top-k", type=int, default=None, help="Modelfile top_k [default: 64].")
@@ -85,9 +86,12 @@ def export_command(ctx: click.Context, config_file: Path | None, **options: Any)
 
     Checks before the merge that the converter, the quantizer and enough disk
     space are at hand, and after it that the merged model matches the adapter
-    model, that the GGUF stops at the end-of-turn token, and that the GGUF
-    answers like the merged model (parity). Exits 1 when the parity check
-    fails (the files are kept).
+    model, that the GGUF stops at the end-of-turn token, and that the GGUF's
+    greedy output matches the merged model's without any forgotten fact the
+    merged model withholds (parity). With --quant auto (the default) the
+    first of q4_k_m, q5_k_m, q6_k and q8_0 that passes is kept. Exits 1 when
+    the parity check fails. The files are then kept, and nothing is sent to
+    Ollama.
     """
     from ..config import build_config
     from ..export import ExportConfig, run_export
@@ -103,6 +107,10 @@ def export_command(ctx: click.Context, config_file: Path | None, **options: Any)
     _print_result(console, result)
     if result.parity is not None and result.parity.skipped is None and not result.parity.passed:
         click.echo(f"error: parity check failed: {result.parity.verdict()}; see {result.summary_path}", err=True)
+        if result.parity.restored_items:
+            click.echo("Do not serve this GGUF: rounding its weights brought back facts the model was trained to "
+                       "forget. Export with a larger type (--quant q8_0, or --quant auto to find the smallest that "
+                       "keeps them forgotten).", err=True)
         raise SystemExit(1)
 
 
@@ -140,6 +148,10 @@ def _print_result(console: Any, result: Any) -> None:
     gguf = result.gguf
     table.add_row("GGUF check", f"{gguf.token_count} tokens = embedding rows; EOS {gguf.eos_id}, end of turn "
                                 f"{gguf.eot_id}; add BOS {gguf.add_bos}; chat template set")
+    if len(result.attempts) > 1:
+        tried = ", ".join(f"{attempt['quant']} {'passed' if attempt['passed'] else 'failed'} "
+                          f"({human_bytes(attempt['bytes'])})" for attempt in result.attempts)
+        table.add_row("output types tried", tried)
     table.add_row("parity", result.parity.verdict())
     timings = ", ".join(f"{step} {value['wall']:.0f} s" for step, value in result.timings.items())
     table.add_row("time", timings)
@@ -148,6 +160,10 @@ def _print_result(console: Any, result: Any) -> None:
     console.print(table)
     if result.parity.items:
         _print_parity(console, result.parity)
+    if result.parity.skipped is None and not result.parity.passed:
+        reason = result.ollama_skipped or "the parity check failed"
+        console.print(f"[bold red]Not ready to serve[/bold red]: {reason}. The files are kept for inspection.")
+        return
     if result.ollama is not None:
         console.print(f"Ollama at {result.ollama.host} lists [bold]{result.ollama.listed_as}[/bold]. Try it:")
     else:
@@ -165,9 +181,14 @@ def _print_parity(console: Any, parity: Any) -> None:
     table.add_column("merged model")
     table.add_column("GGUF")
     table.add_column("same first tokens")
+    table.add_column("forgotten facts back")
     for item in parity.items:
+        if item.gguf_leaks is None:
+            back = "not checked"
+        else:
+            back = ", ".join(item.restored) if item.restored else "none"
         table.add_row(item.question, item.reference_text, item.gguf_text,
-                      f"{'yes' if item.matched else 'no'} ({item.common_prefix})")
+                      f"{'yes' if item.matched else 'no'} ({item.common_prefix})", back)
     console.print(table)
 
 

@@ -34,9 +34,21 @@ class QuantType:
 QUANT_TYPES: dict[str, QuantType] = {
     "q4_k_m": QuantType("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 1.0, False,
                         "4-bit k-quant, medium (about a quarter of f16; small answer drift)"),
+    "q5_k_m": QuantType("q5_k_m", "LLAMA_FTYPE_MOSTLY_Q5_K_M", 1.05, False,
+                        "5-bit k-quant, medium (about a third of f16)"),
+    "q6_k": QuantType("q6_k", "LLAMA_FTYPE_MOSTLY_Q6_K", 1.1, False, "6-bit k-quant (about 40% of f16)"),
     "q8_0": QuantType("q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0", 1.1, True, "8-bit (about half of f16; near lossless)"),
     "f16": QuantType("f16", None, 2.0, True, "16-bit floats (no quantizer needed)"),
 }
+
+# ``--quant auto`` tries these in order and keeps the first whose GGUF passes
+# the parity check, forgetting included. Rounding a merged model's weights to
+# 4 or 5 bits can undo an unlearning fine-tune: on a demo adapter of Gemma 3
+# 270M, Q4_K_M and Q5_K_M gave the home address ("lives at 14 Kråkeveien")
+# again where the merged model declined, while Q6_K and Q8_0 kept every fact
+# forgotten.
+AUTO_QUANT = "auto"
+AUTO_LADDER = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
 
 MODES: dict[str, str] = {
     "merged": "merge the adapter into the base weights and export one GGUF",
@@ -65,7 +77,10 @@ class ExportConfig:
     base: Optional[str] = option(
         None, "Base model the adapter was trained on [default: the one recorded in the adapter's relearn_base.json]."
     )
-    quant: str = option("q4_k_m", "GGUF output type: " + ", ".join(QUANT_TYPES) + ".")
+    quant: str = option(
+        AUTO_QUANT, "GGUF output type: auto (the smallest of " + ", ".join(AUTO_LADDER) + " that passes the parity "
+        "and forgetting check), or one of " + ", ".join(QUANT_TYPES) + "."
+    )
     mode: str = option("merged", "merged (one GGUF) or adapter (base GGUF + LoRA GGUF, where Ollama supports it).")
     merge_dtype: str = option("float32", "Precision of the merged copy: " + ", ".join(MERGE_DTYPES) + ".")
     llama_cpp: Optional[Path] = option(
@@ -78,8 +93,12 @@ class ExportConfig:
     forget: Optional[Path] = option(
         None, "Forget set whose questions drive the merge and parity checks [default: the train run's inputs]."
     )
-    parity_questions: int = option(3, "Forget questions answered by both the merged model and the GGUF (0 skips).")
-    parity_tokens: int = option(12, "Greedy tokens generated per parity question (the first 8 are compared).")
+    parity_questions: int = option(
+        8, "Forget questions answered by both the merged model and the GGUF, and checked for forgotten facts (0 skips)."
+    )
+    parity_tokens: int = option(
+        32, "Greedy tokens generated per parity question (the first 8 are compared; all are checked for leaks)."
+    )
     num_ctx: int = option(4096, "Modelfile num_ctx: context window in tokens.")
     temperature: float = option(0.0, "Modelfile temperature (0 = greedy, as evaluate measures the model).")
     top_k: int = option(64, "Modelfile top_k.")
@@ -98,7 +117,7 @@ class ExportConfig:
             raise ConfigError("export needs an adapter; pass --adapter DIR (a train run folder or a PEFT adapter folder)")
         if self.out is None:
             raise ConfigError("export needs an output folder; pass --out DIR")
-        _check_choice("quant", self.quant, QUANT_TYPES)
+        _check_choice("quant", self.quant, {AUTO_QUANT: None, **QUANT_TYPES})
         _check_choice("mode", self.mode, MODES)
         _check_choice("merge_dtype", self.merge_dtype, MERGE_DTYPES)
         if self.name is not None and not _MODEL_NAME.match(self.name):
@@ -119,8 +138,10 @@ class ExportConfig:
             raise ConfigError('--system must not contain """, which ends a Modelfile value')
 
     @property
-    def quant_type(self) -> QuantType:
-        return QUANT_TYPES[self.quant]
+    def quant_candidates(self) -> list[QuantType]:
+        """Return the output types to try, in order: the ladder for auto, else the one requested type."""
+        names = AUTO_LADDER if self.quant == AUTO_QUANT else (self.quant,)
+        return [QUANT_TYPES[name] for name in names]
 
 
 def _check_choice(name: str, value: str, table: dict) -> None:

@@ -6,9 +6,16 @@ BOS added exactly when the GGUF's ``add_bos_token`` says so (as Ollama does),
 and answered greedily until an end-of-generation token or a Modelfile stop
 string. The prompt's token ids must equal the ids training used, and the
 first ``COMPARED_TOKENS`` answer tokens must equal the merged model's for
-f16 and q8_0. Q4_K_M rounds the weights enough to change some answers, so
-for it the share of matching answers is reported and only the first answer
-token has to match.
+f16 and q8_0. The k-quants round the weights enough to change some answers,
+so for them the share of matching answers is reported instead.
+
+Every type must also keep the forgetting: where the original forget answer is
+known, the leak guard looks for its sensitive spans in both answers, and a
+span the GGUF gives but the merged model does not fails the check. Rounding
+can undo an unlearning fine-tune, whose weight changes are often smaller than
+the rounding step; Q4_K_M of the demo's adapter gave the forgotten home
+address again. Without original answers, the k-quants must at least start
+every answer with the merged model's first token.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..augment.leak_guard import LeakGuard
 from ..chat_formats import ChatFormat
 from .config import QuantType
 from .gguf_checks import ServingExpectations
@@ -45,6 +53,17 @@ class ParityItem:
     prompt_matches_training: bool
     common_prefix: int
     matched: bool
+    # Sensitive spans of the original answer found in each answer; None when
+    # the original answer is unknown.
+    reference_leaks: Optional[list[str]] = None
+    gguf_leaks: Optional[list[str]] = None
+
+    @property
+    def restored(self) -> list[str]:
+        """Spans of the original answer that the GGUF gives and the merged model does not."""
+        if self.gguf_leaks is None:
+            return []
+        return [span for span in self.gguf_leaks if span not in (self.reference_leaks or [])]
 
 
 @dataclass
@@ -63,39 +82,79 @@ class ParityReport:
         return sum(item.matched for item in self.items) / len(self.items) if self.items else 0.0
 
     @property
+    def forgetting_checked(self) -> int:
+        return sum(item.gguf_leaks is not None for item in self.items)
+
+    @property
+    def restored_items(self) -> list[ParityItem]:
+        return [item for item in self.items if item.restored]
+
+    @property
     def passed(self) -> bool:
         if self.skipped is not None or not self.items:
             return False
         if self.stop_problems or not all(item.prompt_matches_training for item in self.items):
             return False
+        if self.restored_items:
+            return False
         if self.strict:
             return all(item.matched for item in self.items)
-        return all(item.common_prefix >= 1 for item in self.items)
+        if self.forgetting_checked < len(self.items):
+            return all(item.common_prefix >= 1 for item in self.items)
+        return True
 
     def verdict(self) -> str:
+        """One line with the outcome and counts; it names no private span, because reports quote it."""
         if self.skipped is not None:
             return f"skipped: {self.skipped}"
-        rule = (f"the first {self.compared_tokens} tokens must match for every question" if self.strict
-                else "the first token must match for every question")
         status = "passed" if self.passed else "FAILED"
+        parts = [f"{status} ({self.quant}: {self._rule()})"]
+        restored = self.restored_items
+        if restored:
+            parts.append(f"the GGUF gives forgotten facts that the merged model withholds in {len(restored)} of "
+                         f"{self.forgetting_checked} answers")
+        elif self.forgetting_checked:
+            parts.append(f"no forgotten fact came back in {self.forgetting_checked} answers")
+        if self.forgetting_checked < len(self.items):
+            parts.append(f"{len(self.items) - self.forgetting_checked} answers not checked for forgotten facts "
+                         "(original answer unknown)")
         first_differs = sum(item.common_prefix < 1 for item in self.items)
-        detail = f"; the first token differs for {first_differs} of {len(self.items)}" if first_differs else ""
-        return (f"{status} ({self.quant}: {rule}{detail}); {sum(i.matched for i in self.items)}/{len(self.items)} "
-                f"answers match on the first {self.compared_tokens} tokens")
+        if first_differs:
+            parts.append(f"the first token differs for {first_differs} of {len(self.items)}")
+        parts.append(f"{sum(i.matched for i in self.items)}/{len(self.items)} answers match on the first "
+                     f"{self.compared_tokens} tokens")
+        if self.stop_problems:
+            parts.append("; ".join(self.stop_problems))
+        if not all(item.prompt_matches_training for item in self.items):
+            parts.append("the Modelfile's prompt tokens differ from training's")
+        return "; ".join(parts)
+
+    def _rule(self) -> str:
+        rule = "no forgotten fact may come back"
+        if self.strict:
+            return f"the first {self.compared_tokens} tokens must match for every question, and {rule}"
+        if self.forgetting_checked < len(self.items):
+            return f"{rule}, and the first token must match where that cannot be checked"
+        return f"{rule}; token matches are reported"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "quant": self.quant, "strict": self.strict, "compared_tokens": self.compared_tokens,
             "passed": self.passed, "match_rate": self.match_rate, "verdict": self.verdict(),
+            "forgetting_checked": self.forgetting_checked, "restored_answers": len(self.restored_items),
             "skipped": self.skipped, "stop_problems": self.stop_problems,
-            "items": [item.__dict__ for item in self.items],
+            "items": [{**item.__dict__, "restored": item.restored} for item in self.items],
         }
 
 
 def run_parity(gguf_path: Path, modelfile_text: str, answers: list[GreedyAnswer], training_prompts: list[list[int]],
                expected: ServingExpectations, chat_format: ChatFormat, quant: QuantType, max_tokens: int,
-               adapter_path: Optional[Path] = None) -> ParityReport:
-    """Answer the parity questions with the GGUF and compare them with the merged model's answers."""
+               adapter_path: Optional[Path] = None,
+               original_answers: Optional[dict[str, str]] = None) -> ParityReport:
+    """Generate the GGUF's greedy answers to the parity questions and compare them with the merged model's.
+
+    ``original_answers`` maps forget questions to their original answers, for the forgetting check.
+    """
     result = ParityReport(quant.name, quant.strict_parity, COMPARED_TOKENS)
     if not answers:
         result.skipped = "no parity questions (--parity-questions 0)"
@@ -113,7 +172,7 @@ def run_parity(gguf_path: Path, modelfile_text: str, answers: list[GreedyAnswer]
                       n_batch=min(context, 512), n_threads=PARITY_THREADS, seed=0, verbose=False)
     try:
         _answer_all(model, llama_cpp, result, modelfile, answers, training_prompts, expected, chat_format,
-                    max_tokens)
+                    max_tokens, original_answers or {})
     finally:
         with quiet_llama_cpp():
             model.close()
@@ -123,7 +182,7 @@ def run_parity(gguf_path: Path, modelfile_text: str, answers: list[GreedyAnswer]
 def _answer_all(model: Any, llama_cpp: Any, result: ParityReport, modelfile: ParsedModelfile,
                 answers: list[GreedyAnswer],
                 training_prompts: list[list[int]], expected: ServingExpectations, chat_format: ChatFormat,
-                max_tokens: int) -> None:
+                max_tokens: int, original_answers: dict[str, str]) -> None:
     stops = modelfile.parameters.get("stop", [])
     vocabulary = llama_cpp.llama_model_get_vocab(model.model)
     result.stop_problems = _stop_problems(llama_cpp, vocabulary, expected)
@@ -132,8 +191,17 @@ def _answer_all(model: Any, llama_cpp: Any, result: ParityReport, modelfile: Par
         prompt = render_ollama_prompt(modelfile.template or "", [{"role": "user", "content": answer.question}])
         prompt_ids = model.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         tokens, text = _greedy(model, llama_cpp, vocabulary, prompt_ids, stops, max_tokens)
-        result.items.append(_compare(answer, tokens, chat_format.cut_at_stop(text),
-                                     list(prompt_ids) == list(training_ids)))
+        item = _compare(answer, tokens, chat_format.cut_at_stop(text), list(prompt_ids) == list(training_ids))
+        original = original_answers.get(answer.question)
+        if original:
+            guard = LeakGuard(answer.question, original)
+            item.reference_leaks = _span_texts(guard, item.reference_text)
+            item.gguf_leaks = _span_texts(guard, item.gguf_text)
+        result.items.append(item)
+
+
+def _span_texts(guard: LeakGuard, text: str) -> list[str]:
+    return list(dict.fromkeys(span.text for span in guard.leaks(text)))
 
 
 def _stop_problems(llama_cpp: Any, vocabulary: Any, expected: ServingExpectations) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from ..chat_formats import ChatFormat, get_chat_format
 from ..errors import ConfigError, ExportError, InputError, ModelError
 from ..models import ResolvedModel, resolve_base
-from .config import ExportConfig, QuantType
+from .config import AUTO_QUANT, ExportConfig, QuantType
 from .convert import Converter, locate_converter
 from .quantize import require_quantizer
 
@@ -73,6 +73,12 @@ class ExportPlan:
     out: Path
     notes: list[str] = field(default_factory=list)
     parity_questions: int = 0
+    # Output types to try in order; ``quant`` is the one being built, and the
+    # one kept once the export is done. One entry unless --quant auto.
+    quant_candidates: list[QuantType] = field(default_factory=list)
+    # Original forget answers by question: the parity check looks for their
+    # sensitive spans in the GGUF's answers. Empty when only questions are known.
+    original_answers: dict[str, str] = field(default_factory=dict)
 
     @property
     def file_stem(self) -> str:
@@ -102,7 +108,7 @@ class ExportPlan:
             ("adapter", str(self.adapter_dir)),
             ("chat format", f"{self.chat_format.family}: {self.chat_format.description}"),
             ("mode", self.mode),
-            ("output type", f"{self.quant.name}: {self.quant.description}"),
+            ("output type", self._quant_row()),
             ("converter", f"{self.converter.source} ({self.converter.root})"),
             ("check questions", f"{len(self.questions)} from {self.questions_source}: the merge check answers "
                                 f"{min(CHECK_QUESTIONS, len(self.questions))}, the GGUF parity check "
@@ -113,6 +119,12 @@ class ExportPlan:
         ]
         rows.extend(("note", note) for note in self.notes)
         return rows
+
+    def _quant_row(self) -> str:
+        if len(self.quant_candidates) > 1:
+            return (f"{AUTO_QUANT}: the first of {', '.join(quant.name for quant in self.quant_candidates)} whose GGUF "
+                    "passes the parity check and keeps every checked fact forgotten")
+        return f"{self.quant.name}: {self.quant.description}"
 
 
 def human_bytes(size: float) -> str:
@@ -125,8 +137,9 @@ def human_bytes(size: float) -> str:
 
 def plan_export(config: ExportConfig, fetch: bool = True) -> ExportPlan:
     """Check everything the export needs and return the plan; raise a RelearnError naming what is missing."""
-    quant = config.quant_type
-    require_quantizer(quant)
+    candidates = config.quant_candidates
+    for quant in candidates:
+        require_quantizer(quant)
     converter = locate_converter(config.llama_cpp, config.llama_cpp_sdist, config.offline, fetch=fetch)
 
     adapter_dir, run_dir = find_adapter(Path(config.adapter))
@@ -144,9 +157,13 @@ def plan_export(config: ExportConfig, fetch: bool = True) -> ExportPlan:
     mode = _choose_mode(config.mode, architecture, notes)
 
     parameters = count_parameters(Path(base.hf_path))
-    questions, source = find_questions(config, run_dir)
+    questions, source, originals = find_questions(config, run_dir)
+    if not originals and config.parity_questions:
+        notes.append("no original forget answers were found, so the parity check cannot look for forgotten facts in "
+                     "the GGUF's answers; pass the forget set with --forget")
     out = Path(config.out)
-    sizes = expected_sizes(parameters, quant, config.merge_dtype, mode, adapter_dir)
+    largest = max(candidates, key=lambda quant: quant.bytes_per_parameter)
+    sizes = expected_sizes(parameters, largest, config.merge_dtype, mode, adapter_dir)
     free = free_disk_bytes(out)
     needed = int(sum(sizes.values()) * DISK_MARGIN)
     if free < needed:
@@ -155,8 +172,9 @@ def plan_export(config: ExportConfig, fetch: bool = True) -> ExportPlan:
             f"(merged checkpoint and GGUF files), {human_bytes(free)} is free; free space or choose another --out"
         )
     return ExportPlan(adapter_dir, run_dir, spec, base, _base_record(spec, base, family, adapter_dir), chat_format,
-                      architecture, config.name or f"relearned-{family}", quant, mode, converter, parameters,
-                      questions, source, sizes, free, out, notes, parity_questions=config.parity_questions)
+                      architecture, config.name or f"relearned-{family}", candidates[0], mode, converter, parameters,
+                      questions, source, sizes, free, out, notes, parity_questions=config.parity_questions,
+                      quant_candidates=candidates, original_answers=originals)
 
 
 def _resolve_base(config: ExportConfig, adapter_dir: Path) -> tuple[str, ResolvedModel, str, list[str]]:
@@ -287,26 +305,51 @@ def free_disk_bytes(out: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[str], str]:
-    """Return forget questions for the checks: from --forget, else the train run's inputs, else samples."""
+def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[str], str, dict[str, str]]:
+    """Return forget questions for the checks, where they came from, and their original answers where known.
+
+    The first source found is used: --forget, then the train run's augmented
+    set, then the train run's forget set, then sample questions. For the
+    augmented set, the original answers come from the forget set that the
+    augment run read.
+    """
     from ..data import load_qa_set, read_jsonl
 
     wanted = max(CHECK_QUESTIONS, config.parity_questions)
     if config.forget is not None:
-        pairs = load_qa_set(Path(config.forget), "forget").pairs
-        return [pair.question for pair in pairs[:wanted]], str(config.forget)
+        pairs = load_qa_set(Path(config.forget), "forget").pairs[:wanted]
+        return [pair.question for pair in pairs], str(config.forget), {pair.question: pair.answer for pair in pairs}
     inputs = _run_inputs(run_dir)
     if "augmented" in inputs and Path(inputs["augmented"]).is_file():
-        records = read_jsonl(Path(inputs["augmented"]))
+        augmented = Path(inputs["augmented"])
+        records = read_jsonl(augmented)
         originals = [record for record in records if record.get("variant") == "original"] or records
         questions = list(dict.fromkeys(str(record["question"]) for record in originals if record.get("question")))
         if questions:
-            return questions[:wanted], f"the augmented forget set {inputs['augmented']}"
+            answers = _augment_run_answers(augmented.parent)
+            return (questions[:wanted], f"the augmented forget set {augmented}",
+                    {question: answers[question] for question in questions[:wanted] if question in answers})
     if "forget" in inputs and Path(inputs["forget"]).is_file():
-        pairs = load_qa_set(Path(inputs["forget"]), "forget").pairs
-        return [pair.question for pair in pairs[:wanted]], f"the forget set {inputs['forget']}"
+        pairs = load_qa_set(Path(inputs["forget"]), "forget").pairs[:wanted]
+        return ([pair.question for pair in pairs], f"the forget set {inputs['forget']}",
+                {pair.question: pair.answer for pair in pairs})
     logger.warning("no forget set found for the merge and parity checks; using sample questions (pass --forget)")
-    return list(SAMPLE_QUESTIONS)[:wanted], "sample questions (no forget set found; pass --forget)"
+    return list(SAMPLE_QUESTIONS)[:wanted], "sample questions (no forget set found; pass --forget)", {}
+
+
+def _augment_run_answers(augment_dir: Path) -> dict[str, str]:
+    """Original answers by question from the forget set an augment run read; empty when it cannot be read."""
+    from ..data import load_qa_set
+    from ..errors import RelearnError
+
+    forget = _run_inputs(augment_dir).get("forget")
+    if not forget or not Path(forget).is_file():
+        return {}
+    try:
+        return {pair.question: pair.answer for pair in load_qa_set(Path(forget), "forget").pairs}
+    except RelearnError as exc:
+        logger.warning("cannot read the augment run's forget set %s for the forgetting check: %s", forget, exc)
+        return {}
 
 
 def _run_inputs(run_dir: Optional[Path]) -> dict[str, str]:

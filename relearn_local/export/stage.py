@@ -54,6 +54,9 @@ class ExportResult:
     ollama: Optional[OllamaCreateResult] = None
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # One entry per output type tried (several with --quant auto): type, size, verdict.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    ollama_skipped: Optional[str] = None
 
     @property
     def out(self) -> Path:
@@ -105,13 +108,17 @@ def _cpu_seconds() -> float:
 
 @contextmanager
 def _timed(result: ExportResult, step: str) -> Iterator[None]:
-    """Record a step's wall time and its CPU time (this process and its converter subprocesses)."""
+    """Add a step's wall time and CPU time (this process and its converter subprocesses) to its total.
+
+    Steps repeat when --quant auto tries several output types.
+    """
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     try:
         yield
     finally:
-        result.timings[step] = {"wall": round(time.perf_counter() - started, 2),
-                                "cpu": round(_cpu_seconds() - cpu_started, 2)}
+        totals = result.timings.setdefault(step, {"wall": 0.0, "cpu": 0.0})
+        totals["wall"] = round(totals["wall"] + time.perf_counter() - started, 2)
+        totals["cpu"] = round(totals["cpu"] + _cpu_seconds() - cpu_started, 2)
 
 
 def _execute(plan: ExportPlan, config: ExportConfig, result: ExportResult,
@@ -124,33 +131,67 @@ def _execute(plan: ExportPlan, config: ExportConfig, result: ExportResult,
         )
     result.merge_check, result.merged_dir = outcome.check, outcome.merged_dir
     source_dir = outcome.merged_dir if plan.mode == "merged" else Path(plan.base.hf_path)
-    _convert_and_quantize(plan, result, outcome, source_dir, progress)
-    spec = _modelfile_spec(plan, config, result)
-    text = render_modelfile(spec)
-    atomic_write_text(plan.modelfile_path, text)
-    result.modelfile_path = plan.modelfile_path
-    with _timed(result, "parity"):
-        report(progress, "parity", 0, 1, "parity check with llama.cpp")
-        result.parity = run_parity(
-            plan.gguf_path, text, outcome.answers, [answer.prompt_ids for answer in outcome.answers],
-            outcome.expectations, plan.chat_format, plan.quant, config.parity_tokens, result.adapter_gguf_path,
-        )
-        report(progress, "parity", 1, 1, f"parity {result.parity.verdict().split(' ')[0]}", done=True)
+    intermediate = _convert(plan, result, source_dir, progress)
+    spec = _keep_first_passing_type(plan, config, result, outcome, intermediate, progress)
     # Written before the Ollama step too, so a failed upload still leaves the summary of what was built.
     result.summary_path = _write_summary(plan, config, result, outcome)
-    if config.ollama_create:
-        with _timed(result, "ollama_create"):
-            result.ollama = create_ollama_model(
-                ollama_host(config.ollama_host), plan.name, plan.gguf_path, spec.template, spec.parameters(),
-                system=config.system, adapter_path=result.adapter_gguf_path, timeout=config.ollama_timeout,
-                on_step=lambda text: report(progress, "ollama", 0, None, text),
-            )
-        report(progress, "ollama", 1, 1, f"Ollama lists {result.ollama.listed_as}", done=True)
+    if not config.ollama_create:
+        return
+    if result.parity.skipped is None and not result.parity.passed:
+        result.ollama_skipped = "the parity check failed, so the GGUF was not sent to Ollama"
+        result.notes.append(result.ollama_skipped)
         _write_summary(plan, config, result, outcome)
+        return
+    with _timed(result, "ollama_create"):
+        result.ollama = create_ollama_model(
+            ollama_host(config.ollama_host), plan.name, plan.gguf_path, spec.template, spec.parameters(),
+            system=config.system, adapter_path=result.adapter_gguf_path, timeout=config.ollama_timeout,
+            on_step=lambda text: report(progress, "ollama", 0, None, text),
+        )
+    report(progress, "ollama", 1, 1, f"Ollama lists {result.ollama.listed_as}", done=True)
+    _write_summary(plan, config, result, outcome)
 
 
-def _convert_and_quantize(plan: ExportPlan, result: ExportResult, outcome: MergeOutcome, source_dir: Path,
-                          progress: Optional[ProgressCallback]) -> None:
+def _keep_first_passing_type(plan: ExportPlan, config: ExportConfig, result: ExportResult, outcome: MergeOutcome,
+                             intermediate: Path, progress: Optional[ProgressCallback]) -> ModelfileSpec:
+    """Build and check each candidate output type in turn; keep the first that passes parity, else the last.
+
+    Returns the Modelfile spec of the kept GGUF, whose Modelfile is on disk.
+    """
+    for index, quant in enumerate(plan.quant_candidates):
+        plan.quant = quant
+        _quantize_and_finalize(plan, result, outcome, intermediate, progress)
+        spec = _modelfile_spec(plan, config, result)
+        text = render_modelfile(spec)
+        atomic_write_text(plan.modelfile_path, text)
+        result.modelfile_path = plan.modelfile_path
+        with _timed(result, "parity"):
+            report(progress, "parity", 0, 1, f"parity check of {quant.name} with llama.cpp")
+            result.parity = run_parity(
+                plan.gguf_path, text, outcome.answers, [answer.prompt_ids for answer in outcome.answers],
+                outcome.expectations, plan.chat_format, quant, config.parity_tokens, result.adapter_gguf_path,
+                plan.original_answers,
+            )
+            report(progress, "parity", 1, 1, f"parity of {quant.name} {result.parity.verdict().split(' ')[0]}",
+                   done=True)
+        result.attempts.append({"quant": quant.name, "bytes": plan.gguf_path.stat().st_size,
+                                "passed": result.parity.passed, "verdict": result.parity.verdict()})
+        if result.parity.passed or result.parity.skipped is not None or index == len(plan.quant_candidates) - 1:
+            return spec
+        # A type that failed is not kept, so that its GGUF cannot be served by mistake.
+        logger.warning("%s failed the parity check, trying the next output type: %s", quant.name,
+                       result.parity.verdict())
+        restored = len(result.parity.restored_items)
+        reason = (f"forgotten facts came back in {restored} of {result.parity.forgetting_checked} answers" if restored
+                  else result.parity.verdict())
+        result.notes.append(f"{quant.name} was tried and removed: {reason}")
+        plan.gguf_path.unlink(missing_ok=True)
+    raise AssertionError("an export has at least one output type to try")
+
+
+def _convert(plan: ExportPlan, result: ExportResult, source_dir: Path,
+             progress: Optional[ProgressCallback]) -> Path:
+    """Convert the merged (or base) checkpoint to an f16 GGUF in scratch space, and the adapter in adapter mode."""
     log_path = plan.out / LOG_DIR / "convert.log"
     intermediate = _scratch_paths(plan)["intermediate"]
     with _timed(result, "convert"):
@@ -176,22 +217,30 @@ def _convert_and_quantize(plan: ExportPlan, result: ExportResult, outcome: Merge
             result.adapter_gguf_path = plan.adapter_gguf_path
         report(progress, "convert", counter["tensors"], counter["tensors"],
                f"converted {counter['tensors']} tensors to GGUF", done=True)
+    return intermediate
+
+
+def _quantize_and_finalize(plan: ExportPlan, result: ExportResult, outcome: MergeOutcome, intermediate: Path,
+                           progress: Optional[ProgressCallback]) -> None:
+    """Write ``plan.gguf_path`` at ``plan.quant`` from the f16 intermediate, which stays for the next type."""
     source = intermediate
     if plan.quant.llama_ftype is not None:
         with _timed(result, "quantize"):
             report(progress, "quantize", 0, 1, f"quantizing to {plan.quant.name}")
-            quantized = _scratch_paths(plan)["quantized"]
-            quantize_gguf(intermediate, quantized, plan.quant, plan.out / LOG_DIR / "quantize.log")
-            intermediate.unlink()
-            source = quantized
+            source = _scratch_paths(plan)["quantized"]
+            quantize_gguf(intermediate, source, plan.quant, plan.out / LOG_DIR / "quantize.log")
             report(progress, "quantize", 1, 1, f"quantized to {plan.quant.name}", done=True)
     with _timed(result, "finalize"):
         report(progress, "finalize", 0, 1, "setting and checking the GGUF's serving metadata")
         finalized = finalize_gguf(source, plan.gguf_path, outcome.expectations)
+        if source != intermediate:
+            source.unlink(missing_ok=True)
         result.gguf, result.gguf_path = finalized.report, plan.gguf_path
         if finalized.changed_keys or finalized.changed_token_types:
-            result.notes.append(f"set {', '.join(finalized.changed_keys) or 'no keys'} and "
-                                f"{finalized.changed_token_types} token types in the GGUF")
+            note = (f"set {', '.join(finalized.changed_keys) or 'no keys'} and "
+                    f"{finalized.changed_token_types} token types in the GGUF")
+            if note not in result.notes:
+                result.notes.append(note)
         report(progress, "finalize", 1, 1, "checked the GGUF's serving metadata", done=True)
 
 
@@ -229,6 +278,8 @@ def _write_summary(plan: ExportPlan, config: ExportConfig, result: ExportResult,
         "name": plan.name,
         "mode": plan.mode,
         "quant": plan.quant.name,
+        "quant_requested": config.quant,
+        "quant_attempts": result.attempts,
         "base": plan.base_spec,
         "adapter": str(plan.adapter_dir),
         "family": plan.chat_format.family,
@@ -242,6 +293,7 @@ def _write_summary(plan: ExportPlan, config: ExportConfig, result: ExportResult,
         "serving_expectations": outcome.expectations.as_dict(),
         "parity": result.parity.as_dict() if result.parity else None,
         "ollama_created": result.ollama is not None,
+        "ollama_skipped": result.ollama_skipped,
         "ollama": result.ollama.__dict__ if result.ollama else None,
         "commands": {"create": result.create_command, "run": result.run_command},
         "timings_seconds": result.timings,

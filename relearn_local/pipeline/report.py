@@ -259,9 +259,18 @@ def _serving_lines(result: "PipelineResult", export: dict[str, Any]) -> list[str
     if not result.gguf:
         return ["The export stage wrote no GGUF."]
     lines = [f"- GGUF: `{result.gguf}`", f"- Modelfile: `{result.modelfile}`"]
+    attempts = export.get("quant_attempts") or []
+    if len(attempts) > 1:
+        tried = ", ".join(f"{attempt['quant']} {'passed' if attempt['passed'] else 'failed'}" for attempt in attempts)
+        lines.append(f"- Output type: {export.get('quant')}, the first that passed of those tried ({tried}); "
+                     "a type fails when rounding its weights brings back a forgotten fact or breaks parity")
     parity = export.get("parity") or {}
     if parity.get("verdict"):
         lines.append(f"- GGUF parity with the merged model: {parity['verdict']}")
+    if parity and not parity.get("skipped") and not parity.get("passed"):
+        lines += ["", "**Do not serve this GGUF**: it failed the parity check (see export/export_summary.json). "
+                  "Export again with a larger output type, such as `--quant q8_0`."]
+        return lines
     if result.ollama_created:
         lines += ["", "The model was created in Ollama. Run it with:", "", f"    {result.run_command}"]
     else:
