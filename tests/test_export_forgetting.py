@@ -196,3 +196,18 @@ def test_auto_all_types_fail_keeps_q8_0(tmp_path_factory, tiny_adapter, converte
     assert result.plan.quant.name == "q8_0"
     assert not result.parity.passed
     assert sorted(path.name for path in result.out.glob("*.gguf")) == ["relearned-tiny-q8_0.gguf"]
+
+
+def test_resumed_export_removes_stale_ggufs(tmp_path_factory, tiny_adapter, converter, monkeypatch):
+    from relearn_local.runs import RunFolder
+
+    out = tmp_path_factory.mktemp("stale") / "export"
+    RunFolder(out, "export").prepare()
+    stale = out / "relearned-tiny-q4_k_m.gguf"
+    stale.write_bytes(b"GGUF left by an interrupted attempt")
+    calls: list[str] = []
+    monkeypatch.setattr("relearn_local.export.stage.run_parity", fake_parity(set(), calls))
+    result = export_tiny(tmp_path_factory, tiny_adapter, "q8_0", out=out)
+    assert calls == ["q8_0"]
+    assert not stale.exists()
+    assert sorted(path.name for path in result.out.glob("*.gguf")) == ["relearned-tiny-q8_0.gguf"]

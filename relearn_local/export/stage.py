@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 from .. import __version__
 from ..progress import ProgressCallback, report
 from ..runs import RunFolder, atomic_write_json, atomic_write_text, utc_now
-from .config import ExportConfig
+from .config import QUANT_TYPES, ExportConfig
 from .converter_input import stage_converter_input
 from .convert import run_converter
 from .gguf_checks import finalize_gguf
@@ -158,6 +158,10 @@ def _keep_first_passing_type(plan: ExportPlan, config: ExportConfig, result: Exp
 
     Returns the Modelfile spec of the kept GGUF, whose Modelfile is on disk.
     """
+    # A resumed run may find GGUFs that an interrupted attempt left; none of
+    # them has passed this run's check, so none may stay beside the kept one.
+    for name in QUANT_TYPES:
+        (plan.out / f"{plan.file_stem}-{name}.gguf").unlink(missing_ok=True)
     for index, quant in enumerate(plan.quant_candidates):
         plan.quant = quant
         _quantize_and_finalize(plan, result, outcome, intermediate, progress)
