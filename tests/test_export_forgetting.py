@@ -123,7 +123,7 @@ def test_find_questions_from_forget_option(tmp_path):
 
 
 def test_parity_finds_fact_in_gguf_answer(tiny_export_q8):
-    """Through llama.cpp: the merged answer refuses, and the original answer is made of the GGUF's own words."""
+    """Through llama.cpp: the merged model declines, and the original answer is made of the GGUF's own words."""
     from transformers import AutoTokenizer
 
     from relearn_local.chat_formats import encode_prompt, get_chat_format
@@ -159,7 +159,8 @@ def fake_parity(failing: set[str], calls: list[str]):
     """A stand-in for run_parity: types in ``failing`` give the address back, the others keep it forgotten."""
     def run(gguf_path, modelfile_text, answers, training_prompts, expectations, chat_format, quant, max_tokens,
             adapter_path=None, original_answers=None):
-        assert Path(gguf_path).is_file() and Path(gguf_path).name.endswith(f"-{quant.name}.gguf")
+        assert Path(gguf_path).is_file()
+        assert Path(gguf_path).name.endswith(f"-{quant.name}.gguf")
         calls.append(quant.name)
         leaks = ["14 Kråkeveien"] if quant.name in failing else []
         return report(quant.name, item([1, 2], [1, 2], [], leaks))

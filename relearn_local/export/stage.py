@@ -158,8 +158,8 @@ def _keep_first_passing_type(plan: ExportPlan, config: ExportConfig, result: Exp
 
     Returns the Modelfile spec of the kept GGUF, whose Modelfile is on disk.
     """
-    # A resumed run may find GGUFs that an interrupted attempt left; none of
-    # them has passed this run's check, so none may stay beside the kept one.
+    # A resumed run may find GGUFs left by an interrupted attempt. None of
+    # them passed this run's check, so none may stay beside the kept one.
     for name in QUANT_TYPES:
         (plan.out / f"{plan.file_stem}-{name}.gguf").unlink(missing_ok=True)
     for index, quant in enumerate(plan.quant_candidates):
