@@ -154,16 +154,16 @@ class RunFolder:
         state = self.read_state()
         return bool(state and state.get("status") == STATUS_COMPLETE)
 
-    def prepare(self, force: bool = False, resumable: bool = True) -> bool:
-        """Create or reopen the folder; return True when an unfinished run of this stage is resumed.
+    def check(self, force: bool = False, resumable: bool = True) -> dict[str, Any] | None:
+        """Raise RunFolderError where ``prepare`` would, without changing anything; return the folder's state.
 
-        Raises RunFolderError when the folder holds a finished run (unless
-        ``force``), a run of another stage, or unrelated files.
+        Raises when the folder holds a finished run (unless ``force``), a run
+        of another stage, an unfinished run that cannot be resumed (unless
+        ``force``), or unrelated files (unless ``force``).
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"--out {self.path} is a file; choose a folder")
         state = self.read_state() if self.path.exists() else None
-        resuming = False
         if state is not None:
             if state.get("stage") != self.stage:
                 raise RunFolderError(
@@ -174,20 +174,29 @@ class RunFolder:
                     f"{self.path} holds the finished output of 'relearn-local {self.stage}'; "
                     "pass --force to overwrite it or choose another --out"
                 )
+            if not force and not resumable:
+                raise RunFolderError(
+                    f"{self.path} holds an unfinished {self.stage} run that cannot be resumed; "
+                    "pass --force to start over"
+                )
+        elif self.path.exists() and any(self.path.iterdir()) and not force:
+            raise RunFolderError(
+                f"{self.path} is not empty and contains no relearn-local run; choose another --out or pass --force"
+            )
+        return state
+
+    def prepare(self, force: bool = False, resumable: bool = True) -> bool:
+        """Create or reopen the folder; return True when an unfinished run of this stage is resumed.
+
+        Raises RunFolderError in the cases ``check`` lists.
+        """
+        state = self.check(force, resumable)
+        resuming = False
+        if state is not None:
             if force:
                 self._clear()
             else:
                 resuming = resumable
-                if not resumable:
-                    raise RunFolderError(
-                        f"{self.path} holds an unfinished {self.stage} run that cannot be resumed; "
-                        "pass --force to start over"
-                    )
-        elif self.path.exists() and any(self.path.iterdir()):
-            if not force:
-                raise RunFolderError(
-                    f"{self.path} is not empty and holds no relearn-local run; choose another --out or pass --force"
-                )
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_state(STATUS_RUNNING)
         return resuming

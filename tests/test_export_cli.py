@@ -105,3 +105,15 @@ def test_missing_base_record_needs_base(tmp_path, tiny_adapter):
 
 def _merge_must_not_run(*args, **kwargs):
     raise AssertionError("the merge started although preflight should have failed")
+
+
+def test_finished_out_rejected_before_plan(tmp_path, tiny_adapter, converter):
+    from relearn_local.runs import RunFolder
+
+    out = tmp_path / "done"
+    folder = RunFolder(out, "export")
+    folder.prepare()
+    folder.mark_complete()
+    result = invoke("--adapter", str(tiny_adapter), "--out", str(out), "--offline", "--forget", str(FORGET))
+    assert result.exit_code == 2
+    assert "holds the finished output of 'relearn-local export'; pass --force" in one_line_error(result)

@@ -88,30 +88,34 @@ def write_json(path: Path, value) -> Path:
 
 
 def test_find_questions_from_augment_run(tmp_path):
+    partner = "Who is Sølvi's partner?"
     forget = write_json(tmp_path / "data" / "forget.json", [
         {"question": ADDRESS_QUESTION, "answer": ADDRESS_ANSWER},
-        {"question": "Who are Sølvi's parents?", "answer": "Her parents are Ragnhild and Emeka Okoro."},
+        {"question": partner, "answer": "Her partner is Astrid Haugvaldstad, a music teacher."},
     ])
+    # Augment kept no original form of the partner question; the check asks it all the same.
     augmented = tmp_path / "augment" / "augmented.jsonl"
     augmented.parent.mkdir()
     augmented.write_text("\n".join(json.dumps(record) for record in [
         {"variant": "original", "question": ADDRESS_QUESTION, "answer": "That is private."},
         {"variant": "rephrase", "question": "Where is Sølvi's home?", "answer": "That is private."},
-        {"variant": "original", "question": "Who are Sølvi's parents?", "answer": "They are private people."},
     ]) + "\n", encoding="utf-8")
     write_json(tmp_path / "augment" / "manifest.json", {"inputs": {"forget": {"path": str(forget)}}})
     run = tmp_path / "train"
     write_json(run / "manifest.json", {"inputs": {"augmented": {"path": str(augmented)}}})
     config = build_config(ExportConfig, overrides={"adapter": str(run), "out": str(tmp_path / "out")})
     questions, source, originals = find_questions(config, run)
-    assert questions == [ADDRESS_QUESTION, "Who are Sølvi's parents?"]
-    assert "augmented" in source
+    assert questions == [ADDRESS_QUESTION, partner]
+    assert source == f"the forget set {forget}, read by the augment run"
     assert originals == {ADDRESS_QUESTION: ADDRESS_ANSWER,
-                         "Who are Sølvi's parents?": "Her parents are Ragnhild and Emeka Okoro."}
+                         partner: "Her partner is Astrid Haugvaldstad, a music teacher."}
 
-    # Without the augment run's manifest the questions stay, and the answers are unknown.
+    # Without the augment run's manifest, the augmented originals remain, with no answers.
     (tmp_path / "augment" / "manifest.json").unlink()
-    assert find_questions(config, run)[2] == {}
+    questions, source, originals = find_questions(config, run)
+    assert questions == [ADDRESS_QUESTION]
+    assert "augmented" in source
+    assert originals == {}
 
 
 def test_find_questions_from_forget_option(tmp_path):
@@ -212,3 +216,20 @@ def test_resumed_export_removes_stale_ggufs(tmp_path_factory, tiny_adapter, conv
     assert calls == ["q8_0"]
     assert not stale.exists()
     assert sorted(path.name for path in result.out.glob("*.gguf")) == ["relearned-tiny-q8_0.gguf"]
+
+
+def test_parity_reports_merged_model_leaks():
+    result = report("q4_k_m", item([1, 2], [1, 2], ["Haugvaldstad"], ["Haugvaldstad"]))
+    assert result.passed
+    assert "the merged model itself gives facts of the original answer in 1 of 1 answers" in result.verdict()
+
+
+def test_auto_without_forgetting_check_keeps_q8_0(tmp_path, tiny_adapter, converter):
+    from relearn_local.export.preflight import plan_export
+
+    values = {"adapter": str(tiny_adapter), "out": str(tmp_path / "out"), "offline": True, "forget": str(FORGET)}
+    plan = plan_export(build_config(ExportConfig, overrides={**values, "parity_questions": 0}), fetch=False)
+    assert [quant.name for quant in plan.quant_candidates] == ["q8_0"]
+    assert any("--quant auto keeps q8_0: without parity questions" in note for note in plan.notes)
+    plan = plan_export(build_config(ExportConfig, overrides=values), fetch=False)
+    assert [quant.name for quant in plan.quant_candidates] == list(AUTO_LADDER)

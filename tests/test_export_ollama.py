@@ -123,6 +123,33 @@ def test_unreachable_ollama(tmp_path):
         create_ollama_model(f"http://127.0.0.1:{port}", "relearned-gemma", model, "{{ .Prompt }}", {}, timeout=5)
 
 
+def test_unreachable_ollama_fails_before_merge(tmp_path, tiny_adapter, converter):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, [
+        "export", "--adapter", str(tiny_adapter), "--out", str(out), "--quant", "Q8_0", "--forget", str(FORGET),
+        "--offline", "--dry-run", "--ollama-create", "--ollama-host", f"http://127.0.0.1:{port}",
+    ])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: cannot reach Ollama at http://127.0.0.1:{port}")
+    assert not out.exists()
+
+
+def test_dry_run_with_reachable_ollama(httpserver, tmp_path, tiny_adapter, converter):
+    fake = FakeOllama(httpserver)
+    result = CliRunner().invoke(cli, [
+        "export", "--adapter", str(tiny_adapter), "--out", str(tmp_path / "export"), "--quant", "Q8_0",
+        "--forget", str(FORGET), "--offline", "--dry-run", "--ollama-create", "--ollama-host", httpserver.url_for("/"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert fake.paths() == [("GET", "/api/tags")]
+    assert "q8_0: 8-bit" in result.output
+
+
 @pytest.mark.parametrize("name, listed", [("relearned-gemma", "relearned-gemma:latest"),
                                           ("me/relearned:v1", "me/relearned:v1"),
                                           ("host:11434/me/model", "host:11434/me/model:latest")])
@@ -174,7 +201,8 @@ def test_failed_parity_sends_nothing_to_ollama(httpserver, tmp_path, tiny_adapte
     out = tmp_path / "export"
     result = export_f16_to_ollama(tiny_adapter, out, httpserver.url_for("/"))
     assert result.exit_code == 1, result.output
-    assert fake.paths() == []
+    # Only the preflight's listing, before the merge: no upload, no create.
+    assert fake.paths() == [("GET", "/api/tags")]
     assert not fake.blobs
     assert not fake.creates
     flat = " ".join(result.output.split())

@@ -105,6 +105,7 @@ class RichProgress:
     def __init__(self, enabled: bool | None = None):
         self.enabled = (not is_quiet()) if enabled is None else enabled
         self._progress = None
+        self._started = False
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> "RichProgress":
@@ -123,11 +124,12 @@ class RichProgress:
                 console=get_console(stderr=True),
                 transient=False,
             )
-            self._progress.start()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._progress is not None:
+        # Started with the first bar: a command that fails in its checks then
+        # prints its error without the blank line an empty display leaves.
+        if self._progress is not None and self._started:
             self._progress.stop()
 
     def remove_tasks(self, keep: tuple[str, ...] = ()) -> None:
@@ -145,6 +147,9 @@ class RichProgress:
         metrics = "  ".join(f"{key} {_format_metric(value)}" for key, value in event.metrics.items())
         task_id = self._tasks.get(event.task)
         if task_id is None:
+            if not self._started:
+                self._progress.start()
+                self._started = True
             task_id = self._progress.add_task(event.description or event.task, total=event.total, metrics=metrics)
             self._tasks[event.task] = task_id
         update: dict[str, Any] = {"completed": event.completed, "metrics": metrics}

@@ -45,7 +45,7 @@ Examples:
               help="Ollama model name [default: relearned-<family>, e.g. relearned-gemma].")
 @click.option("--base", default=None, metavar="MODEL",
               help="Base model the adapter was trained on [default: from the adapter's relearn_base.json].")
-@click.option("--quant", type=click.Choice(QUANT_CHOICES), default=None,
+@click.option("--quant", type=click.Choice(QUANT_CHOICES, case_sensitive=False), default=None,
               help="GGUF output type [default: auto, the smallest of q4_k_m, q5_k_m, q6_k, q8_0 that passes "
                    "the parity check, forgetting included]; f16 needs no quantizer.")
 @click.option("--mode", type=click.Choice(MODE_CHOICES), default=None,
@@ -62,7 +62,7 @@ Examples:
 @click.option("--forget", type=EXISTING_PATH, default=None, metavar="FILE",
               help="Forget set for the merge and parity checks [default: the train run's inputs].")
 @click.option("--parity-questions", type=int, default=None, metavar="N",
-              help="Forget questions for the parity and forgetting check [default: 8; 0 skips it].")
+              help="Forget questions for the parity and forgetting check [default: 8; at most 100; 0 skips it].")
 @click.option("--parity-tokens", type=int, default=None, metavar="N",
               help="Greedy tokens per parity answer [default: 32].")
 @click.option("--num-ctx", type=int, default=None, metavar="TOKENS", help="Modelfile num_ctx [default: 4096].")
@@ -132,7 +132,10 @@ def _print_result(console: Any, result: Any) -> None:
 
     from ..export.preflight import human_bytes
 
-    table = Table(title=f"exported {result.name}", show_header=False, title_justify="left")
+    title = f"exported {result.name}"
+    if result.parity.skipped is None and not result.parity.passed:
+        title += " (parity check FAILED: do not serve)"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("item", style="bold")
     table.add_column("value")
     if result.merged_dir:

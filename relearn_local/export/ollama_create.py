@@ -43,6 +43,31 @@ def listed_name(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
+def check_ollama_reachable(host: str, timeout: float = 5.0) -> None:
+    """Raise BackendError unless Ollama at ``host`` lists its models within ``timeout`` seconds.
+
+    Run before the merge, so that an unreachable server fails the export in
+    seconds instead of after the merge, conversion and parity steps.
+    """
+    import httpx
+    import ollama
+
+    client = ollama.Client(host=host, timeout=timeout)
+    try:
+        client.list()
+    except ollama.ResponseError as exc:
+        raise BackendError(f"Ollama at {host} failed to list its models: {exc.error} (HTTP {exc.status_code})") from None
+    except ConnectionError:
+        raise BackendError(
+            f"cannot reach Ollama at {host}; start Ollama (ollama serve) or set OLLAMA_HOST / --ollama-host, "
+            "or drop --ollama-create"
+        ) from None
+    except httpx.TimeoutException:
+        raise BackendError(f"Ollama at {host} did not respond within {timeout:g} s; check the server") from None
+    finally:
+        client.close()
+
+
 def create_ollama_model(host: str, name: str, model_path: Path, template: str, parameters: dict[str, Any],
                         system: Optional[str] = None, adapter_path: Optional[Path] = None, timeout: float = 600.0,
                         on_step: Optional[Callable[[str], None]] = None) -> OllamaCreateResult:

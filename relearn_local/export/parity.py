@@ -90,6 +90,13 @@ class ParityReport:
         return [item for item in self.items if item.restored]
 
     @property
+    def outcome(self) -> str:
+        """Return one word: passed, failed or skipped."""
+        if self.skipped is not None:
+            return "skipped"
+        return "passed" if self.passed else "failed"
+
+    @property
     def passed(self) -> bool:
         if self.skipped is not None or not self.items:
             return False
@@ -108,7 +115,7 @@ class ParityReport:
         if self.skipped is not None:
             return f"skipped: {self.skipped}"
         status = "passed" if self.passed else "FAILED"
-        parts = [f"{status} ({self.quant}: {self._rule()})"]
+        parts = [f"{status} for {self.quant} (rule: {self._rule()})"]
         restored = self.restored_items
         if restored:
             parts.append(f"the GGUF gives forgotten facts that the merged model withholds in {len(restored)} of "
@@ -118,6 +125,12 @@ class ParityReport:
         if self.forgetting_checked < len(self.items):
             parts.append(f"{len(self.items) - self.forgetting_checked} answers not checked for forgotten facts "
                          "(original answer unknown)")
+        merged_leaks = sum(bool(item.reference_leaks) for item in self.items)
+        if merged_leaks:
+            # Not a parity failure: the GGUF reproduces the merged model. The user still has to know.
+            parts.append(f"the merged model itself gives facts of the original answer in {merged_leaks} of "
+                         f"{len(self.items)} answers "
+                         "(a training result: measure it with relearn-local evaluate)")
         first_differs = sum(item.common_prefix < 1 for item in self.items)
         if first_differs:
             parts.append(f"the first token differs for {first_differs} of {len(self.items)}")

@@ -18,8 +18,9 @@ from typing import Any, Optional
 from ..chat_formats import ChatFormat, get_chat_format
 from ..errors import ConfigError, ExportError, InputError, ModelError
 from ..models import ResolvedModel, resolve_base
-from .config import AUTO_QUANT, ExportConfig, QuantType
+from .config import AUTO_QUANT, QUANT_TYPES, ExportConfig, QuantType
 from .convert import Converter, locate_converter
+from .ollama_create import check_ollama_reachable, ollama_host
 from .quantize import require_quantizer
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ def plan_export(config: ExportConfig, fetch: bool = True) -> ExportPlan:
         require_quantizer(quant)
     converter = locate_converter(config.llama_cpp, config.llama_cpp_sdist, config.offline, fetch=fetch)
 
+    if config.ollama_create:
+        check_ollama_reachable(ollama_host(config.ollama_host))
     adapter_dir, run_dir = find_adapter(Path(config.adapter))
     spec, base, family, notes = _resolve_base(config, adapter_dir)
     chat_format = get_chat_format(family)
@@ -161,6 +164,13 @@ def plan_export(config: ExportConfig, fetch: bool = True) -> ExportPlan:
     if not originals and config.parity_questions:
         notes.append("no original forget answers were found, so the parity check cannot look for forgotten facts in "
                      "the GGUF's answers; pass the forget set with --forget")
+    if config.quant == AUTO_QUANT and not (originals and config.parity_questions):
+        # Without the forgetting check, auto cannot tell which smaller type is
+        # safe, so it keeps the one that kept every fact forgotten when measured.
+        candidates = [QUANT_TYPES["q8_0"]]
+        missing = "original forget answers" if config.parity_questions else "parity questions"
+        notes.append(f"--quant auto keeps q8_0: without {missing} it cannot check which smaller type keeps the "
+                     "forgotten facts forgotten")
     out = Path(config.out)
     largest = max(candidates, key=lambda quant: quant.bytes_per_parameter)
     sizes = expected_sizes(parameters, largest, config.merge_dtype, mode, adapter_dir)
@@ -308,10 +318,10 @@ def free_disk_bytes(out: Path) -> int:
 def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[str], str, dict[str, str]]:
     """Return forget questions for the checks, where they came from, and their original answers where known.
 
-    The first source found is used: --forget, then the train run's augmented
-    set, then the train run's forget set, then sample questions. For the
-    augmented set, the original answers come from the forget set that the
-    augment run read.
+    The first source found is used: --forget, then the forget set that the
+    train run's augment run read, then the original questions of the
+    augmented set (without answers), then the train run's forget set, then
+    sample questions.
     """
     from ..data import load_qa_set, read_jsonl
 
@@ -322,13 +332,16 @@ def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[
     inputs = _run_inputs(run_dir)
     if "augmented" in inputs and Path(inputs["augmented"]).is_file():
         augmented = Path(inputs["augmented"])
+        forget = _augment_run_forget_set(augmented.parent)
+        if forget is not None:
+            path, pairs = forget[0], forget[1][:wanted]
+            return ([pair.question for pair in pairs], f"the forget set {path}, read by the augment run",
+                    {pair.question: pair.answer for pair in pairs})
         records = read_jsonl(augmented)
         originals = [record for record in records if record.get("variant") == "original"] or records
         questions = list(dict.fromkeys(str(record["question"]) for record in originals if record.get("question")))
         if questions:
-            answers = _augment_run_answers(augmented.parent)
-            return (questions[:wanted], f"the augmented forget set {augmented}",
-                    {question: answers[question] for question in questions[:wanted] if question in answers})
+            return questions[:wanted], f"the augmented forget set {augmented}", {}
     if "forget" in inputs and Path(inputs["forget"]).is_file():
         pairs = load_qa_set(Path(inputs["forget"]), "forget").pairs[:wanted]
         return ([pair.question for pair in pairs], f"the forget set {inputs['forget']}",
@@ -337,19 +350,19 @@ def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[
     return list(SAMPLE_QUESTIONS)[:wanted], "sample questions (no forget set found; pass --forget)", {}
 
 
-def _augment_run_answers(augment_dir: Path) -> dict[str, str]:
-    """Original answers by question from the forget set an augment run read; empty when it cannot be read."""
+def _augment_run_forget_set(augment_dir: Path) -> Optional[tuple[str, list[Any]]]:
+    """Return the path and pairs of the forget set an augment run read, or None when it cannot be read."""
     from ..data import load_qa_set
     from ..errors import RelearnError
 
     forget = _run_inputs(augment_dir).get("forget")
     if not forget or not Path(forget).is_file():
-        return {}
+        return None
     try:
-        return {pair.question: pair.answer for pair in load_qa_set(Path(forget), "forget").pairs}
+        return forget, load_qa_set(Path(forget), "forget").pairs
     except RelearnError as exc:
         logger.warning("cannot read the augment run's forget set %s for the forgetting check: %s", forget, exc)
-        return {}
+        return None
 
 
 def _run_inputs(run_dir: Optional[Path]) -> dict[str, str]:

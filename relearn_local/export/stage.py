@@ -73,6 +73,9 @@ def run_export(config: ExportConfig, progress: Optional[ProgressCallback] = None
 
     ``on_plan`` receives the plan after the preflight checks, before any heavy step.
     """
+    if not config.dry_run:
+        # Before the plan is printed: a folder that cannot be used fails the command at once.
+        RunFolder(Path(config.out), "export").check(force=config.force)
     plan = plan_export(config, fetch=not config.dry_run)
     if on_plan is not None:
         on_plan(plan)
@@ -176,18 +179,22 @@ def _keep_first_passing_type(plan: ExportPlan, config: ExportConfig, result: Exp
                 outcome.expectations, plan.chat_format, quant, config.parity_tokens, result.adapter_gguf_path,
                 plan.original_answers,
             )
-            report(progress, "parity", 1, 1, f"parity of {quant.name} {result.parity.verdict().split(' ')[0]}",
-                   done=True)
+            report(progress, "parity", 1, 1, f"parity of {quant.name} {result.parity.outcome}", done=True)
         result.attempts.append({"quant": quant.name, "bytes": plan.gguf_path.stat().st_size,
-                                "passed": result.parity.passed, "verdict": result.parity.verdict()})
+                                "passed": result.parity.passed, "verdict": result.parity.verdict(),
+                                "restored_questions": [item.question for item in result.parity.restored_items]})
         if result.parity.passed or result.parity.skipped is not None or index == len(plan.quant_candidates) - 1:
             return spec
         # A type that failed is not kept, so that its GGUF cannot be served by mistake.
         logger.warning("%s failed the parity check, trying the next output type: %s", quant.name,
                        result.parity.verdict())
-        restored = len(result.parity.restored_items)
-        reason = (f"forgotten facts came back in {restored} of {result.parity.forgetting_checked} answers" if restored
-                  else result.parity.verdict())
+        restored = [item.question for item in result.parity.restored_items]
+        if restored:
+            listed = "; ".join(restored[:3]) + ("; …" if len(restored) > 3 else "")
+            reason = (f"forgotten facts came back in {len(restored)} of {result.parity.forgetting_checked} "
+                      f"answers ({listed})")
+        else:
+            reason = result.parity.verdict()
         result.notes.append(f"{quant.name} was tried and removed: {reason}")
         plan.gguf_path.unlink(missing_ok=True)
     raise AssertionError("an export has at least one output type to try")
