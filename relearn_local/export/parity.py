@@ -148,7 +148,7 @@ class ParityReport:
             return f"the first {self.compared_tokens} tokens must match for every question, and {rule}"
         if self.forgetting_checked < len(self.items):
             return f"{rule}, and the first token must match where that cannot be checked"
-        return f"{rule}; token matches are reported"
+        return f"{rule}, and token matches are only reported"
 
     def as_dict(self) -> dict[str, Any]:
         return {
