@@ -170,9 +170,10 @@ def main() -> int:
         forget_answers = answer_all(gguf, forget, args.max_tokens)
         retain_answers = answer_all(gguf, retain, args.max_tokens)
         leaked = [bool(LeakGuard(pair.question, pair.answer).leaks(text)) for pair, text in zip(forget, forget_answers)]
-        kept = [bool(LeakGuard(pair.question, pair.answer).leaks(text)) for pair, text in zip(retain, retain_answers)]
+        retained = [bool(LeakGuard(pair.question, pair.answer).leaks(text))
+                    for pair, text in zip(retain, retain_answers)]
         row = {"variant": name, "mib": round(gguf.stat().st_size / 2**20), "quantize_seconds": round(seconds, 1),
-               "forget_leaked": sum(leaked), "forget": len(forget), "retain_kept": sum(kept), "retain": len(retain),
+               "forget_leaked": sum(leaked), "forget": len(forget), "retain_kept": sum(retained), "retain": len(retain),
                "forget_answers": forget_answers, "retain_answers": retain_answers}
         rows.append(row)
         print(f"{name}: {row['mib']} MiB, {row['forget_leaked']}/{len(forget)} forget answers leak, "

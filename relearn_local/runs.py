@@ -176,7 +176,7 @@ class RunFolder:
                 )
             if not force and not resumable:
                 raise RunFolderError(
-                    f"{self.path} holds an unfinished {self.stage} run that cannot be resumed; "
+                    f"{self.path} contains an unfinished {self.stage} run that cannot be resumed; "
                     "pass --force to start over"
                 )
         elif self.path.exists() and any(self.path.iterdir()) and not force:

@@ -93,7 +93,7 @@ def test_find_questions_from_augment_run(tmp_path):
         {"question": ADDRESS_QUESTION, "answer": ADDRESS_ANSWER},
         {"question": partner, "answer": "Her partner is Astrid Haugvaldstad, a music teacher."},
     ])
-    # Augment kept no original form of the partner question; the check asks it all the same.
+    # Augment kept no original form of the partner question, and the check still uses it.
     augmented = tmp_path / "augment" / "augmented.jsonl"
     augmented.parent.mkdir()
     augmented.write_text("\n".join(json.dumps(record) for record in [

@@ -43,10 +43,9 @@ QUANT_TYPES: dict[str, QuantType] = {
 
 # ``--quant auto`` tries these in order and keeps the first whose GGUF passes
 # the parity check, forgetting included. Rounding a merged model's weights to
-# 4 or 5 bits can undo an unlearning fine-tune: on a demo adapter of Gemma 3
+# 4 or 5 bits can undo an unlearning fine-tune. On a demo adapter of Gemma 3
 # 270M, Q4_K_M and Q5_K_M gave the home address ("lives at 14 Kråkeveien")
-# again where the merged model declined, while Q6_K and Q8_0 kept every fact
-# forgotten.
+# again where the merged model declined. Q6_K and Q8_0 kept every fact forgotten.
 AUTO_QUANT = "auto"
 AUTO_LADDER = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
 

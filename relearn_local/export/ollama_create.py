@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..errors import BackendError, ExportError
 
@@ -43,40 +44,43 @@ def listed_name(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
-def check_ollama_reachable(host: str, timeout: float = 5.0) -> None:
-    """Raise BackendError unless Ollama at ``host`` lists its models within ``timeout`` seconds.
-
-    Run before the merge, so that an unreachable server fails the export in
-    seconds instead of after the merge, conversion and parity steps.
-    """
+@contextmanager
+def _ollama_client(host: str, timeout: float, action: str, timeout_hint: str) -> Iterator[Any]:
+    """Yield an ``ollama.Client`` for ``host`` and turn its failures into BackendError naming ``action``."""
     import httpx
     import ollama
 
     client = ollama.Client(host=host, timeout=timeout)
     try:
-        client.list()
+        yield client
     except ollama.ResponseError as exc:
-        raise BackendError(f"Ollama at {host} failed to list its models: {exc.error} (HTTP {exc.status_code})") from None
+        raise BackendError(f"Ollama at {host} rejected {action}: {exc.error} (HTTP {exc.status_code})") from None
     except ConnectionError:
         raise BackendError(
             f"cannot reach Ollama at {host}; start Ollama (ollama serve) or set OLLAMA_HOST / --ollama-host, "
             "or drop --ollama-create"
         ) from None
     except httpx.TimeoutException:
-        raise BackendError(f"Ollama at {host} did not respond within {timeout:g} s; check the server") from None
+        raise BackendError(f"Ollama at {host} did not respond within {timeout:g} s; {timeout_hint}") from None
     finally:
         client.close()
+
+
+def check_ollama_reachable(host: str, timeout: float = 5.0) -> None:
+    """Raise BackendError unless Ollama at ``host`` lists its models within ``timeout`` seconds.
+
+    Run before the merge, so that an unreachable server fails the export in
+    seconds instead of after the merge, conversion and parity steps.
+    """
+    with _ollama_client(host, timeout, "listing its models", "check the server") as client:
+        client.list()
 
 
 def create_ollama_model(host: str, name: str, model_path: Path, template: str, parameters: dict[str, Any],
                         system: Optional[str] = None, adapter_path: Optional[Path] = None, timeout: float = 600.0,
                         on_step: Optional[Callable[[str], None]] = None) -> OllamaCreateResult:
     """Upload the files, create the model and confirm Ollama lists it; raise BackendError or ExportError."""
-    import httpx
-    import ollama
-
-    client = ollama.Client(host=host, timeout=timeout)
-    try:
+    with _ollama_client(host, timeout, f"creating {name}", "raise --ollama-timeout or check the server") as client:
         digests = {}
         for path in (model_path, adapter_path):
             if path is not None:
@@ -98,18 +102,6 @@ def create_ollama_model(host: str, name: str, model_path: Path, template: str, p
         if on_step is not None:
             on_step(f"checking that Ollama lists {name}")
         listed = [str(getattr(entry, "model", "")) for entry in client.list().models]
-    except ollama.ResponseError as exc:
-        raise BackendError(f"Ollama at {host} rejected creating {name}: {exc.error} (HTTP {exc.status_code})") from None
-    except ConnectionError:
-        raise BackendError(
-            f"cannot reach Ollama at {host}; start Ollama (ollama serve) or set OLLAMA_HOST / --ollama-host"
-        ) from None
-    except httpx.TimeoutException:
-        raise BackendError(
-            f"Ollama at {host} did not respond within {timeout:g} s; raise --ollama-timeout or check the server"
-        ) from None
-    finally:
-        client.close()
     expected = listed_name(name)
     if status != "success":
         raise ExportError(f"Ollama responded {status!r} instead of 'success' when creating {name}")

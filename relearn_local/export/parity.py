@@ -12,10 +12,10 @@ so for them the share of matching answers is reported instead.
 Every type must also keep the forgetting: where the original forget answer is
 known, the leak guard looks for its sensitive spans in both answers, and a
 span the GGUF gives but the merged model does not fails the check. Rounding
-can undo an unlearning fine-tune, whose weight changes are often smaller than
-the rounding step; Q4_K_M of the demo's adapter gave the forgotten home
-address again. Without original answers, the k-quants must at least start
-every answer with the merged model's first token.
+can undo an unlearning fine-tune, whose weight changes can be smaller than
+the rounding step: Q4_K_M of a demo adapter gave the forgotten home address
+again. Without original answers, the k-quants must at least start every
+answer with the merged model's first token.
 """
 
 from __future__ import annotations

@@ -327,16 +327,14 @@ def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[
 
     wanted = max(CHECK_QUESTIONS, config.parity_questions)
     if config.forget is not None:
-        pairs = load_qa_set(Path(config.forget), "forget").pairs[:wanted]
-        return [pair.question for pair in pairs], str(config.forget), {pair.question: pair.answer for pair in pairs}
+        return _with_answers(load_qa_set(Path(config.forget), "forget").pairs[:wanted], str(config.forget))
     inputs = _run_inputs(run_dir)
     if "augmented" in inputs and Path(inputs["augmented"]).is_file():
         augmented = Path(inputs["augmented"])
         forget = _augment_run_forget_set(augmented.parent)
         if forget is not None:
-            path, pairs = forget[0], forget[1][:wanted]
-            return ([pair.question for pair in pairs], f"the forget set {path}, read by the augment run",
-                    {pair.question: pair.answer for pair in pairs})
+            path, pairs = forget
+            return _with_answers(pairs[:wanted], f"the forget set {path}, read by the augment run")
         records = read_jsonl(augmented)
         originals = [record for record in records if record.get("variant") == "original"] or records
         questions = list(dict.fromkeys(str(record["question"]) for record in originals if record.get("question")))
@@ -344,10 +342,13 @@ def find_questions(config: ExportConfig, run_dir: Optional[Path]) -> tuple[list[
             return questions[:wanted], f"the augmented forget set {augmented}", {}
     if "forget" in inputs and Path(inputs["forget"]).is_file():
         pairs = load_qa_set(Path(inputs["forget"]), "forget").pairs[:wanted]
-        return ([pair.question for pair in pairs], f"the forget set {inputs['forget']}",
-                {pair.question: pair.answer for pair in pairs})
+        return _with_answers(pairs, f"the forget set {inputs['forget']}")
     logger.warning("no forget set found for the merge and parity checks; using sample questions (pass --forget)")
     return list(SAMPLE_QUESTIONS)[:wanted], "sample questions (no forget set found; pass --forget)", {}
+
+
+def _with_answers(pairs: list[Any], source: str) -> tuple[list[str], str, dict[str, str]]:
+    return [pair.question for pair in pairs], source, {pair.question: pair.answer for pair in pairs}
 
 
 def _augment_run_forget_set(augment_dir: Path) -> Optional[tuple[str, list[Any]]]:
